@@ -1,0 +1,256 @@
+"""The experiment schema: YAML in, dotted `--set` overrides, validation, and a stable content hash.
+
+Every hyperparameter of one IMP trial is declared here once, as a typed field. Time points are in
+iterations (optimizer steps) unless a key says `epoch(s)`; `resolved_*` helpers convert using the
+dataset's steps per epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lth_sweep.errors import UserError
+
+DATASETS = ("mnist1d", "mnist", "fashion_mnist", "cifar10")
+MODELS = ("mlp", "lenet_300_100", "conv2", "conv4", "conv6", "resnet20", "vgg16")
+DEFAULT_VAL_SIZE = {"mnist1d": 500, "mnist": 5000, "fashion_mnist": 5000, "cifar10": 5000}
+TRAIN_EXAMPLES = {"mnist1d": 4000, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(Section):
+    name: Literal["mnist1d", "mnist", "fashion_mnist", "cifar10"] = "mnist1d"
+    root: str = "~/.cache/lth_sweep/data"
+    download: bool = False
+    val_size: int | None = Field(default=None, ge=0, description="held out of the training set; None = 5000 (500 for mnist1d)")
+
+    @model_validator(mode="after")
+    def _default_val_size(self) -> DatasetConfig:
+        if self.val_size is None:
+            object.__setattr__(self, "val_size", DEFAULT_VAL_SIZE[self.name])
+        return self
+
+
+class ModelConfig(Section):
+    name: Literal["mlp", "lenet_300_100", "conv2", "conv4", "conv6", "resnet20", "vgg16"] = "mlp"
+    widths: list[int] = Field(default_factory=lambda: [100, 100], description="hidden widths of `mlp`")
+
+    @model_validator(mode="after")
+    def _positive_widths(self) -> ModelConfig:
+        if any(w < 1 for w in self.widths):
+            raise ValueError("widths must be positive integers")
+        return self
+
+
+class ScheduleConfig(Section):
+    """Learning-rate schedule; milestones and warmup are in iterations from the start of training."""
+
+    name: Literal["constant", "step"] = "constant"
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(default=0.1, gt=0)
+    warmup: int = Field(default=0, ge=0, description="linear warmup iterations")
+
+
+class TrainConfig(Section):
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=100, ge=1)
+    epochs: int | None = Field(default=None, ge=1)
+    iterations: int | None = Field(default=None, ge=1)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    eval_every: int = Field(default=100, ge=1, description="iterations between validation evaluations")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainConfig:
+        if self.epochs is None and self.iterations is None:
+            object.__setattr__(self, "epochs", 10)
+        if self.epochs is not None and self.iterations is not None:
+            raise ValueError("set either epochs or iterations, not both")
+        return self
+
+
+class PruneConfig(Section):
+    strategy: Literal["layerwise", "global"] = "layerwise"
+    rate: float = Field(default=0.2, gt=0, lt=1, description="fc rate (layerwise) or global rate")
+    conv_rate: float | None = Field(default=None, gt=0, lt=1, description="None = rate")
+    output_rate: float | None = Field(default=None, ge=0, lt=1, description="None = rate/2; 0 = not pruned")
+    rounds: int = Field(default=5, ge=1, description="rounds trained, the dense round 0 included")
+
+
+class RewindConfig(Section):
+    epoch: int | None = Field(default=None, ge=0)
+    iteration: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_point(self) -> RewindConfig:
+        if self.epoch is not None and self.iteration is not None:
+            raise ValueError("set either epoch or iteration, not both")
+        return self
+
+
+class RuntimeConfig(Section):
+    """How to run, not what to compute: excluded from the config hash."""
+
+    threads: int | None = Field(default=None, ge=1, description="torch threads; None = the CPUs this process may use")
+    cuda_graph: bool = True
+    bf16: bool = Field(default=True, description="bf16 autocast for conv nets on CUDA")
+    checkpoint_every_epoch: bool = True
+
+
+class ExperimentConfig(Section):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    replicates: int = Field(default=1, ge=1, description="seeds seed..seed+K-1 trained together as one stack")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    rewind: RewindConfig = Field(default_factory=RewindConfig)
+    control: Literal["none", "reinit", "random_mask"] = "none"
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> ExperimentConfig:
+        self.check_schedule(self.steps_per_epoch())
+        return self
+
+    def steps_per_epoch(self, train_examples: int | None = None) -> int:
+        """Full batches per epoch (the last partial batch of each shuffled epoch is dropped)."""
+        if train_examples is None:
+            train_examples = TRAIN_EXAMPLES[self.dataset.name] - (self.dataset.val_size or 0)
+        return train_examples // self.train.batch_size
+
+    def science_dict(self) -> dict[str, Any]:
+        """The keys that determine the results (device and runtime knobs left out)."""
+        return self.model_dump(mode="json", exclude={"device", "runtime"})
+
+    def config_hash(self) -> str:
+        text = json.dumps(self.science_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def conv_rate(self) -> float:
+        return self.prune.rate if self.prune.conv_rate is None else self.prune.conv_rate
+
+    def output_rate(self) -> float:
+        return self.prune.rate / 2 if self.prune.output_rate is None else self.prune.output_rate
+
+    def iterations_per_round(self, steps_per_epoch: int) -> int:
+        t = self.train
+        return t.iterations if t.iterations is not None else t.epochs * steps_per_epoch
+
+    def rewind_iteration(self, steps_per_epoch: int) -> int:
+        r = self.rewind
+        if r.epoch is not None:
+            return r.epoch * steps_per_epoch
+        return r.iteration or 0
+
+    def check_schedule(self, steps_per_epoch: int) -> None:
+        """Checks that need the dataset's size: the rewind point must fall inside training."""
+        n_train = TRAIN_EXAMPLES[self.dataset.name]
+        if self.dataset.val_size >= n_train:
+            raise UserError("dataset.val_size", f"must be smaller than the {n_train} training examples "
+                                                f"of {self.dataset.name}")
+        if steps_per_epoch < 1:
+            raise UserError("train.batch_size", f"{self.train.batch_size} is larger than the training set "
+                                                f"of {self.dataset.name}")
+        total = self.iterations_per_round(steps_per_epoch)
+        rewind = self.rewind_iteration(steps_per_epoch)
+        if rewind >= total:
+            key = "rewind.epoch" if self.rewind.epoch is not None else "rewind.iteration"
+            raise UserError(key, f"rewind point is iteration {rewind}, past the end of training "
+                                 f"({total} iterations); allowed: 0 <= rewind < {total}")
+        if any(m <= 0 for m in self.train.schedule.milestones):
+            raise UserError("train.schedule.milestones", "milestones must be positive iterations")
+
+
+# --------------------------------------------------------------------------------------- loading
+
+
+def _format_validation_error(err: ValidationError, prefix: str = "") -> UserError:
+    first = err.errors()[0]
+    key = ".".join(part for part in [prefix, *(str(p) for p in first["loc"])] if part)
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return UserError(key, "unknown key; allowed keys are in the experiment schema (see README)")
+    msg = first["msg"]
+    if kind in ("literal_error", "enum"):
+        msg = msg.replace("Input should be", "allowed:")
+    return UserError(key or "config", msg)
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars: 0.1, true, [1, 2], cifar10."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
+    parts = dotted_key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(dotted_key, f"'{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError("--set", f"'{pair}' is not KEY=VALUE (for example --set prune.rate=0.3)")
+        overrides[key.strip()] = parse_value(value)
+    return overrides
+
+
+def read_yaml(path: str | Path, key: str = "file") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(key, f"{path} does not exist or is not a file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(key, f"{path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(key, f"{path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def build_experiment(raw: dict[str, Any], overrides: dict[str, Any] | None = None,
+                     prefix: str = "") -> ExperimentConfig:
+    tree = json.loads(json.dumps(raw))  # deep copy of plain data
+    for key, value in (overrides or {}).items():
+        set_dotted(tree, key, value)
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as err:
+        raise _format_validation_error(err, prefix) from None
+
+
+def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    return build_experiment(read_yaml(path, "experiment"), overrides)
+
+
+def dump_yaml(config: ExperimentConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,312 @@
+"""One IMP trial: train dense, prune, rewind, retrain, for `prune.rounds` rounds, resumable at any time.
+
+What is rewound at the start of round r >= 1: every parameter (pruned ones stay zero under the new mask)
+and every BatchNorm running statistic, to their values after `rewind` iterations of round 0; the
+iteration counter, so the learning-rate schedule resumes at the rewind point; and the data order (a
+function of the seed and epoch only). What is not rewound: the optimizer, which starts fresh (zero
+momentum and Adam moments, Adam's step count from zero), as in open_lth.
+
+Files in the trial directory, each written atomically:
+  config.yaml    the resolved experiment
+  rewind.pt      the rewind snapshot (written once, in round 0)
+  state.pt       everything else needed to continue: round, phase, iteration, weights, buffers,
+                 optimizer, masks, early-stop tracking, finished records (after every epoch and round)
+  rounds.jsonl   one JSON object per finished round (derived from state.pt)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lth_sweep import pruning
+from lth_sweep.checkpoint import load_torch, save_torch, write_text
+from lth_sweep.config import ExperimentConfig, dump_yaml
+from lth_sweep.data import DatasetSplits, load_dataset
+from lth_sweep.errors import UserError
+from lth_sweep.models import build_model
+from lth_sweep.population import Population
+from lth_sweep.train import EarlyStop, Evaluation, PhaseResult, PhaseTrainer, derived_seed
+
+STATE_FORMAT = 1
+PER_REPLICATE_METRICS = ("val_acc", "val_loss", "val_loss_min", "early_stop_iter", "test_acc",
+                         "test_acc_at_early_stop", "train_loss")
+
+# A phase that has not started: nothing of it is saved yet.
+ROUND_START: dict[str, Any] = {"phase": "ticket", "iteration": None, "phase_masks": None, "params": None,
+                               "buffers": None, "optimizer": None, "early_stop": None, "elapsed": 0.0}
+
+RoundCallback = Callable[[dict[str, Any]], None]
+EvalCallback = Callable[[int, str, Evaluation], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device", "cuda asked for, but no CUDA device is available here; allowed: auto, cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def layer_rates(config: ExperimentConfig, kinds: dict[str, str]) -> dict[str, float]:
+    by_kind = {"conv": config.conv_rate(), "fc": config.prune.rate, "output": config.output_rate()}
+    return {name: by_kind[kind] for name, kind in kinds.items()}
+
+
+def next_masks(config: ExperimentConfig, pop: Population, masks: pruning.Masks) -> pruning.Masks:
+    """Magnitude pruning of the trained weights, by the configured strategy."""
+    kinds = pop.prunable_kinds
+    if config.prune.strategy == "global":
+        outputs = {name: config.output_rate() for name, kind in kinds.items() if kind == "output"}
+        return pruning.prune_global(pop.prunable(), masks, config.prune.rate, outputs)
+    return pruning.prune_layerwise(pop.prunable(), masks, layer_rates(config, kinds))
+
+
+def summarize(results: dict[str, list[float]]) -> dict[str, Any]:
+    """Replicate means (and std and per-replicate lists when there is more than one)."""
+    out: dict[str, Any] = {}
+    for key, values in results.items():
+        out[key] = statistics.fmean(values) if len(values) > 1 else values[0]
+    if len(next(iter(results.values()))) > 1:
+        for key, values in results.items():
+            out[f"{key}_std"] = statistics.pstdev(values)
+        out["per_replicate"] = results
+    return out
+
+
+def phase_metrics(result: PhaseResult) -> dict[str, list[float]]:
+    return {
+        "val_acc": result.val_acc, "val_loss": result.val_loss,
+        "val_loss_min": result.early_stop.val_loss_min, "early_stop_iter": result.early_stop.iteration,
+        "test_acc": result.test_acc, "test_acc_at_early_stop": result.early_stop.test_acc,
+        "train_loss": result.train_loss,
+    }
+
+
+class Trial:
+    """Runs (or continues) one IMP trial in `out_dir`."""
+
+    def __init__(self, config: ExperimentConfig, out_dir: str | Path,
+                 on_round: RoundCallback | None = None, on_eval: EvalCallback | None = None,
+                 data: DatasetSplits | None = None) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.on_round = on_round
+        self.on_eval = on_eval
+        self.device = resolve_device(config.device)
+        self.seeds = [config.seed + k for k in range(config.replicates)]
+        self._data = data
+        self.check_out_dir()
+
+    # ----------------------------------------------------------------------------- files
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / "state.pt"
+
+    @property
+    def rewind_path(self) -> Path:
+        return self.out_dir / "rewind.pt"
+
+    def check_out_dir(self) -> None:
+        """An existing directory must hold the same experiment (same config hash)."""
+        saved = self.out_dir / "config.yaml"
+        if saved.exists():
+            from lth_sweep.config import load_experiment
+
+            previous = load_experiment(saved)
+            if previous.config_hash() != self.config.config_hash():
+                raise UserError("--out", f"{self.out_dir} holds a different experiment (config "
+                                         f"{previous.config_hash()}, this one is {self.config.config_hash()}); "
+                                         "choose another --out")
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.state_path.exists():
+            return []
+        return load_torch(self.state_path)["records"]
+
+    def write_records(self, records: list[dict[str, Any]]) -> None:
+        write_text(self.out_dir / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+
+    def save(self, state: dict[str, Any]) -> None:
+        save_torch(self.state_path, state)
+
+    # ----------------------------------------------------------------------------- set-up
+
+    @property
+    def data(self) -> DatasetSplits:
+        if self._data is None:
+            self._data = load_dataset(self.config.dataset, self.device)
+        return self._data
+
+    def build(self) -> torch.nn.Module:
+        return build_model(self.config.model, self.data.input_shape, self.data.num_classes)
+
+    def fresh_population(self, purpose: str = "init", round_index: int = 0) -> Population:
+        seeds = self.seeds if purpose == "init" else [derived_seed(s, purpose, round_index) for s in self.seeds]
+        return Population.initialize(self.build, seeds, self.device)
+
+    def new_state(self) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "config_hash": self.config.config_hash(), "records": [],
+                "round": 0, "masks": None, "next_masks": None, "ticket": None, "samples": 0, **ROUND_START}
+
+    def round_masks(self, state: dict[str, Any], pop: Population) -> pruning.Masks:
+        """This round's masks: all ones in round 0, then the ones pruned after the previous round."""
+        if state["masks"] is None:
+            return pruning.full_masks(pop.prunable())
+        return {n: m.to(self.device) for n, m in state["masks"].items()}
+
+    # ----------------------------------------------------------------------------- the schedule
+
+    def run(self) -> list[dict[str, Any]]:
+        config = self.config
+        torch.set_num_threads(config.runtime.threads or cpu_count())
+        state = load_torch(self.state_path) if self.state_path.exists() else None
+        if state is not None and state["round"] >= config.prune.rounds:
+            self.write_records(state["records"])
+            return state["records"]
+        data = self.data  # loads (and checks) the dataset before anything is written
+        config.check_schedule(len(data.train_x) // config.train.batch_size)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.out_dir / "config.yaml", dump_yaml(config))
+        if state is None:
+            state = self.new_state()
+            self.save(state)
+        self.write_records(state["records"])
+        while state["round"] < config.prune.rounds:
+            self.run_round(state)
+        return state["records"]
+
+    def run_round(self, state: dict[str, Any]) -> None:
+        round_index = state["round"]
+        started = time.perf_counter() - state["elapsed"]
+        with_control = self.config.control != "none" and round_index > 0
+        if state["phase"] == "ticket":
+            result, pop = self.run_phase(state, "ticket", started)
+            last_round = round_index + 1 >= self.config.prune.rounds
+            pruned = None if last_round else next_masks(self.config, pop, self.round_masks(state, pop))
+            state.update(ROUND_START, phase="control", ticket=phase_metrics(result), samples=result.samples,
+                         next_masks=None if pruned is None else {n: m.cpu() for n, m in pruned.items()},
+                         elapsed=time.perf_counter() - started)
+            if with_control:
+                self.save(state)
+        control = None
+        if with_control:
+            result, _ = self.run_phase(state, "control", started)
+            control = phase_metrics(result)
+            state["samples"] += result.samples
+        record = self.make_record(state, control, time.perf_counter() - started)
+        masks = state["next_masks"] if state["next_masks"] is not None else state["masks"]
+        state.update(ROUND_START, records=[*state["records"], record], round=round_index + 1, masks=masks,
+                     next_masks=None, ticket=None, samples=0)
+        self.save(state)
+        self.write_records(state["records"])
+        if self.on_round is not None:
+            self.on_round(record)
+
+    def make_record(self, state: dict[str, Any], control: dict[str, list[float]] | None,
+                    seconds: float) -> dict[str, Any]:
+        kinds = self.build().prunable_kinds()
+        masks = state["masks"]
+        if masks is None:
+            record_density, by_kind = 1.0, {kind: 1.0 for kind in set(kinds.values())}
+        else:
+            record_density, by_kind = pruning.density(masks), pruning.density_by_kind(masks, kinds)
+        record: dict[str, Any] = {
+            "round": state["round"],
+            "density": record_density,
+            "density_by_kind": by_kind,
+            **summarize(state["ticket"]),
+            "seconds": seconds,
+            "samples_per_s": state["samples"] / seconds if seconds > 0 else 0.0,
+            "replicates": self.config.replicates,
+            "seeds": self.seeds,
+        }
+        if control is not None:
+            summary = summarize(control)
+            summary.pop("per_replicate", None)
+            record.update({f"control_{k}": v for k, v in summary.items()})
+            record["control"] = self.config.control
+        return record
+
+    # ----------------------------------------------------------------------------- one phase
+
+    def start_population(self, state: dict[str, Any], phase: str) -> tuple[Population, pruning.Masks]:
+        """Where a phase starts: fresh weights (round 0), the rewind point, or the control's weights."""
+        round_index = state["round"]
+        if round_index == 0:
+            pop = self.fresh_population()
+            return pop, pruning.full_masks(pop.prunable())
+        if phase == "control" and self.config.control == "reinit":
+            pop = self.fresh_population("reinit", round_index)
+        else:
+            pop = self.fresh_population()
+            pop.load({n: t.to(self.device) for n, t in load_torch(self.rewind_path).items()})
+        masks = self.round_masks(state, pop)
+        if phase == "control" and self.config.control == "random_mask":
+            gen = torch.Generator().manual_seed(derived_seed(self.config.seed, "random_mask", round_index))
+            masks = pruning.random_masks_like(masks, gen)
+        pop.apply_masks(masks)
+        return pop, masks
+
+    def resume_population(self, state: dict[str, Any]) -> tuple[Population, pruning.Masks]:
+        pop = self.fresh_population()
+        pop.load({n: t.to(self.device) for n, t in {**state["params"], **state["buffers"]}.items()})
+        return pop, {n: m.to(self.device) for n, m in state["phase_masks"].items()}
+
+    def run_phase(self, state: dict[str, Any], phase: str, started: float) -> tuple[PhaseResult, Population]:
+        config = self.config
+        rewind_at = config.rewind_iteration(len(self.data.train_x) // config.train.batch_size)
+        phase_start = 0 if state["round"] == 0 else rewind_at
+        if state["iteration"] is None:
+            pop, masks = self.start_population(state, phase)
+            start, early_stop = phase_start, EarlyStop.fresh(pop.size)
+        else:
+            pop, masks = self.resume_population(state)
+            start, early_stop = state["iteration"], EarlyStop(**state["early_stop"])
+        trainer = PhaseTrainer(config, self.data, pop, masks, self.seeds)
+        if state["iteration"] is not None:
+            trainer.optimizer.load_state_dict(
+                {k: [t.to(self.device) for t in v] for k, v in state["optimizer"].items()})
+        cpu_masks = {n: m.cpu() for n, m in masks.items()}
+
+        def save_progress(next_iteration: int, stop: EarlyStop) -> None:
+            if not config.runtime.checkpoint_every_epoch:
+                return
+            state.update(
+                phase=phase, iteration=next_iteration, phase_masks=cpu_masks,
+                params={n: p.detach().cpu() for n, p in pop.params.items()},
+                buffers={n: b.cpu() for n, b in pop.buffers.items()},
+                optimizer=trainer.optimizer.state_dict(),
+                early_stop={"val_loss_min": stop.val_loss_min, "iteration": stop.iteration,
+                            "test_acc": stop.test_acc},
+                elapsed=time.perf_counter() - started,
+            )
+            self.save(state)
+
+        def save_rewind_point() -> None:
+            save_torch(self.rewind_path, {n: t.cpu() for n, t in pop.snapshot().items()})
+
+        def report_eval(evaluation: Evaluation) -> None:
+            if self.on_eval is not None:
+                self.on_eval(state["round"], phase, evaluation)
+
+        rewind_in_this_phase = rewind_at if state["round"] == 0 else None
+        trainer.run(start, early_stop, save_progress, report_eval, rewind_in_this_phase, save_rewind_point)
+        result = trainer.finish(early_stop)
+        result.samples = (trainer.total - phase_start) * config.train.batch_size * pop.size
+        return result, pop

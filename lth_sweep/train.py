@@ -1,0 +1,265 @@
+"""Training of one round: the step, the learning-rate schedule, evaluation and early-stop tracking.
+
+The step reads batches straight out of device-resident tensors through a per-epoch permutation,
+masks gradients and weights with one `torch._foreach_mul_` each, and never syncs with the host.
+On CUDA the whole step (gather, augmentation, forward, backward, optimizer, masking) is captured
+once as a CUDA graph and replayed; if capture fails the step runs eagerly (logged once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from lth_sweep.config import ExperimentConfig
+from lth_sweep.data import DatasetSplits, augment_batch, draw_augment_params
+from lth_sweep.optim import StackedOptimizer, build_optimizer
+from lth_sweep.population import Population
+
+log = logging.getLogger(__name__)
+
+EVAL_ROWS = 1 << 14  # replicate-samples per evaluation chunk
+
+
+def derived_seed(*parts: int | str) -> int:
+    """A 63-bit seed from a tuple (seed, purpose, counters), stable across runs and machines."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def learning_rate(config: ExperimentConfig, iteration: int) -> float:
+    """The rate used for step `iteration` (0-based): warmup, then step decays at the milestones."""
+    schedule = config.train.schedule
+    lr = config.train.lr
+    if schedule.warmup and iteration < schedule.warmup:
+        lr *= (iteration + 1) / schedule.warmup
+    if schedule.name == "step":
+        lr *= schedule.gamma ** sum(1 for m in schedule.milestones if iteration >= m)
+    return lr
+
+
+@dataclass
+class EarlyStop:
+    """Per replicate: the minimum validation loss seen, its iteration, and test accuracy there."""
+
+    val_loss_min: list[float]
+    iteration: list[int]
+    test_acc: list[float]
+
+    @classmethod
+    def fresh(cls, replicates: int) -> EarlyStop:
+        return cls([math.inf] * replicates, [0] * replicates, [math.nan] * replicates)
+
+
+@dataclass
+class PhaseResult:
+    val_acc: list[float]
+    val_loss: list[float]
+    test_acc: list[float]
+    train_loss: list[float]
+    early_stop: EarlyStop
+    seconds: float = 0.0
+    samples: int = 0
+
+
+@dataclass
+class Evaluation:
+    iteration: int
+    val_loss: list[float]
+    val_acc: list[float]
+    extras: dict[str, list[float]] = field(default_factory=dict)
+
+
+@torch.inference_mode()
+def evaluate(pop: Population, x: torch.Tensor, y: torch.Tensor, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and accuracy per replicate on (x, y), in large chunks shared by all replicates."""
+    k = pop.size
+    loss_sum = torch.zeros(k, device=x.device)
+    correct = torch.zeros(k, device=x.device)
+    if len(x) == 0:
+        return loss_sum.fill_(math.nan), correct.fill_(math.nan)
+    pop.train(False)
+    chunk = max(256, EVAL_ROWS // k)
+    for start in range(0, len(x), chunk):
+        xb, yb = x[start:start + chunk], y[start:start + chunk]
+        with autocast():
+            logits = pop(xb, shared_input=True).float()
+        loss_sum += F.cross_entropy(logits.flatten(0, 1), yb.repeat(k), reduction="none").view(k, -1).sum(1)
+        correct += (logits.argmax(-1) == yb).sum(1)
+    pop.train(True)
+    return loss_sum / len(x), correct / len(x)
+
+
+class PhaseTrainer:
+    """Trains a population from iteration `start` to `total` under fixed masks."""
+
+    def __init__(self, config: ExperimentConfig, data: DatasetSplits, pop: Population,
+                 masks: dict[str, torch.Tensor], seeds: list[int]) -> None:
+        self.config = config
+        self.data = data
+        self.pop = pop
+        self.seeds = seeds
+        self.batch_size = config.train.batch_size
+        self.steps_per_epoch = len(data.train_x) // self.batch_size
+        self.total = config.iterations_per_round(self.steps_per_epoch)
+        self.mask_names = list(masks)
+        self.masked_params = [pop.params[n] for n in masks]
+        self.masks = [m.to(pop.params[n].dtype) for n, m in masks.items()]
+        params = list(pop.params.values())
+        t = config.train
+        self.optimizer: StackedOptimizer = build_optimizer(t.optimizer, params, t.lr, t.momentum, t.weight_decay)
+        cuda = pop.device.type == "cuda"
+        use_bf16 = cuda and config.runtime.bf16 and data.augment
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+        self.use_graph = cuda and config.runtime.cuda_graph
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.eager_steps = 0
+        k = pop.size
+        self.static_idx = torch.zeros(k, self.batch_size, dtype=torch.long, device=pop.device)
+        self.static_shifts = torch.zeros(k, self.batch_size, 2, dtype=torch.long, device=pop.device)
+        self.static_flips = torch.zeros(k, self.batch_size, dtype=torch.bool, device=pop.device)
+        self.loss_sum = torch.zeros(k, device=pop.device)
+        self.loss_steps = 0
+
+    # ----------------------------------------------------------------------------------- data
+
+    def epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batch indices [steps, K, B] and augmentation draws for one epoch, from the seeds alone."""
+        n, b, steps = len(self.data.train_x), self.batch_size, self.steps_per_epoch
+        orders, shifts, flips = [], [], []
+        for seed in self.seeds:
+            gen = torch.Generator().manual_seed(derived_seed(seed, "data", epoch))
+            orders.append(torch.randperm(n, generator=gen)[: steps * b].view(steps, b))
+            if self.data.augment:
+                s, f = draw_augment_params(steps * b, gen)
+                shifts.append(s.view(steps, b, 2))
+                flips.append(f.view(steps, b))
+        device = self.pop.device
+        idx = torch.stack(orders, 1).to(device)
+        if not self.data.augment:
+            return idx, idx, idx
+        return idx, torch.stack(shifts, 1).to(device), torch.stack(flips, 1).to(device)
+
+    # ----------------------------------------------------------------------------------- step
+
+    def _forward_backward(self) -> torch.Tensor:
+        k, b = self.static_idx.shape
+        x = self.data.train_x[self.static_idx]
+        y = self.data.train_y[self.static_idx]
+        if self.data.augment:
+            flat = augment_batch(x.flatten(0, 1), self.static_shifts.flatten(0, 1), self.static_flips.flatten())
+            x = flat.view_as(x)
+        with self.autocast():
+            logits = self.pop(x).float()
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, b).mean(1)
+        grads = torch.autograd.grad(loss.sum(), list(self.pop.params.values()))
+        grad_of = dict(zip(self.pop.params, grads, strict=True))
+        masked_grads = [grad_of[n] for n in self.mask_names]
+        torch._foreach_mul_(masked_grads, self.masks)
+        self.optimizer.step(list(grads))
+        with torch.no_grad():
+            torch._foreach_mul_(self.masked_params, self.masks)
+        self.loss_sum += loss.detach()
+        return loss
+
+    def step(self) -> None:
+        if not self.use_graph:
+            self._forward_backward()
+            return
+        if self.graph is None and self.eager_steps < 3:
+            # warm up on a side stream (as CUDA-graph capture requires), then capture
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._forward_backward()
+            torch.cuda.current_stream().wait_stream(stream)
+            self.eager_steps += 1
+            return
+        if self.graph is None:
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):  # records the step without running it
+                    self._forward_backward()
+                self.graph = graph
+            except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager
+                log.warning("CUDA graph capture failed (%s); training eagerly", err)
+                torch.cuda.synchronize()
+                self.use_graph = False
+                self._forward_backward()
+                return
+        self.graph.replay()
+
+    # ----------------------------------------------------------------------------------- loop
+
+    def run(self, start: int, early_stop: EarlyStop,
+            on_epoch_end: Callable[[int, EarlyStop], None],
+            on_eval: Callable[[Evaluation], None] | None = None,
+            rewind_at: int | None = None, on_rewind_point: Callable[[], None] | None = None) -> EarlyStop:
+        """Trains steps start..total-1, evaluating every `eval_every` steps; calls `on_epoch_end`
+        after each full epoch with the next iteration to run, and `on_rewind_point` just before
+        step `rewind_at` (that is, after `rewind_at` steps)."""
+        eval_every = self.config.train.eval_every
+        spe = self.steps_per_epoch
+        order = None
+        lr_now = None
+        for it in range(start, self.total):
+            epoch, pos = divmod(it, spe)
+            if order is None or pos == 0:
+                order = self.epoch_order(epoch)
+                self.loss_sum.zero_()
+                self.loss_steps = 0
+            if it == rewind_at and on_rewind_point is not None:
+                on_rewind_point()
+            lr = learning_rate(self.config, it)
+            if lr != lr_now:
+                self.optimizer.set_lr(lr)
+                lr_now = lr
+            self.static_idx.copy_(order[0][pos])
+            if self.data.augment:
+                self.static_shifts.copy_(order[1][pos])
+                self.static_flips.copy_(order[2][pos])
+            self.step()
+            self.loss_steps += 1
+            done = it + 1
+            if done % eval_every == 0 or done == self.total:
+                evaluation = self.track(done, early_stop)
+                if on_eval is not None:
+                    on_eval(evaluation)
+            if done % spe == 0 and done < self.total:
+                on_epoch_end(done, early_stop)
+        return early_stop
+
+    def track(self, iteration: int, early_stop: EarlyStop) -> Evaluation:
+        """Evaluates on the validation set; on a new minimum, records test accuracy too."""
+        val_loss, val_acc = (t.tolist() for t in evaluate(self.pop, self.data.val_x, self.data.val_y,
+                                                          self.autocast))
+        improved = [i for i, loss in enumerate(val_loss) if loss < early_stop.val_loss_min[i]]
+        if improved:
+            test_acc = evaluate(self.pop, self.data.test_x, self.data.test_y, self.autocast)[1].tolist()
+            for i in improved:
+                early_stop.val_loss_min[i] = val_loss[i]
+                early_stop.iteration[i] = iteration
+                early_stop.test_acc[i] = test_acc[i]
+        return Evaluation(iteration, val_loss, val_acc, {"train_loss": self.train_loss()})
+
+    def train_loss(self) -> list[float]:
+        """Mean training loss over the steps of the current epoch so far."""
+        return (self.loss_sum / max(self.loss_steps, 1)).tolist()
+
+    def finish(self, early_stop: EarlyStop) -> PhaseResult:
+        val_loss, val_acc = (t.tolist() for t in evaluate(self.pop, self.data.val_x, self.data.val_y,
+                                                          self.autocast))
+        test_acc = evaluate(self.pop, self.data.test_x, self.data.test_y, self.autocast)[1].tolist()
+        for i in range(self.pop.size):
+            if math.isinf(early_stop.val_loss_min[i]):  # no validation set: the end is the stop
+                early_stop.iteration[i] = self.total
+                early_stop.test_acc[i] = test_acc[i]
+                early_stop.val_loss_min[i] = math.nan
+        return PhaseResult(val_acc, val_loss, test_acc, self.train_loss(), early_stop)
