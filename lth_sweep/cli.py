@@ -67,6 +67,101 @@ def run(experiment: Path, overrides: tuple[str, ...], out: Path | None) -> None:
     click.echo(f"# rounds written to {out / 'rounds.jsonl'}")
 
 
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def print_status(status: dict[str, Any]) -> None:
+    click.echo(f"sweep {status['name']} at {status['experiment_dir']}: objective {status['objective']} "
+               f"({', '.join(f'{m} {o}' for m, o in zip(status['metric'], status['mode'], strict=True))}); "
+               f"{len(status['trials'])}/{status['num_samples']} trials "
+               + ", ".join(f"{n} {state.lower()}" for state, n in status["counts"].items()))
+    params = sorted({k for row in status["trials"] for k in row["params"]})
+    columns = ["trial_id", "state", *params, "rounds_done", "density", "val_acc", "objective"]
+    table = [[format_value(row["params"].get(c) if c in params else row.get(c)) for c in columns]
+             for row in status["trials"]]
+    widths = [max(len(c), *(len(r[i]) for r in table)) if table else len(c) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in table:
+        click.echo("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
+    if status.get("best"):
+        click.echo("best trials: " + "; ".join(
+            f"{b['trial_id']} objective {format_value(b['objective'])} "
+            f"({', '.join(f'{k}={format_value(v)}' for k, v in b['params'].items())})" for b in status["best"]))
+    if status["pareto"]:
+        click.echo("pareto front (density, val_acc) over all rounds: " + ", ".join(
+            f"({p['density']:.3f}, {p['val_acc']:.4f})" for p in status["pareto"]))
+
+
+def finish_sweep(spec: dict[str, Any], interrupted: bool) -> None:
+    from lth_sweep.status import sweep_status
+
+    status = sweep_status(spec["experiment_dir"])
+    print_status(status)
+    unfinished = len(status["trials"]) < status["num_samples"] or any(
+        row["state"] not in ("TERMINATED",) for row in status["trials"])
+    if spec["wandb_mode"] == "offline":
+        click.echo(f"W&B runs were written offline under {spec['experiment_dir']}/by_config/*/wandb; "
+                   "upload them with: wandb sync DIR")
+    if interrupted or unfinished:
+        click.echo(f"the sweep is not finished; continue it with: lth-sweep resume {spec['experiment_dir']}")
+        sys.exit(130 if interrupted else 1)
+    click.echo(f"everything is under {spec['experiment_dir']}")
+
+
+@cli.command()
+@click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a dotted key of the sweep (search.num_samples=4) or of its experiment (prune.rounds=3).")
+@click.option("--name", default=None, help="Sweep name (default: the sweep file's name).")
+@click.option("--storage", default=None, help="Folder or URI (s3://, gs://) for the sweep's results.")
+@click.option("--address", default=None, help="Ray cluster address (default: start Ray on this machine).")
+def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, storage: str | None,
+           address: str | None) -> None:
+    """Run a sweep: Ray Tune trials, each a full IMP schedule, searched by Optuna, logged to W&B."""
+    from lth_sweep.config import parse_overrides
+    from lth_sweep.sweep import prepare_launch, run_sweep
+    from lth_sweep.sweep_config import load_sweep
+
+    sweep, experiment = load_sweep(sweep_file, parse_overrides(overrides))
+    spec = prepare_launch(sweep, experiment, storage, name)
+    click.echo(f"# sweep {sweep.name}: {sweep.search.num_samples} trials, objective {sweep.objective.name}, "
+               f"W&B {spec['wandb_mode']} -> {spec['experiment_dir']}")
+    _, interrupted = run_sweep(spec, address, resume=False)
+    finish_sweep(spec, interrupted)
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--address", default=None, help="Ray cluster address (default: start Ray on this machine).")
+def resume(path: str, address: str | None) -> None:
+    """Continue an interrupted sweep; finished rounds are never recomputed."""
+    from lth_sweep.sweep import load_spec, run_sweep
+
+    spec = load_spec(path)
+    click.echo(f"# resuming sweep {spec['sweep']['name']} at {spec['experiment_dir']}")
+    _, interrupted = run_sweep(spec, address, resume=True)
+    finish_sweep(spec, interrupted)
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(path: str, as_json: bool) -> None:
+    """Show every trial of a sweep: searched values, state, rounds, density, objective; and the best."""
+    import json
+
+    from lth_sweep.status import sweep_status
+
+    result = sweep_status(path)
+    if as_json:
+        click.echo(json.dumps(result, indent=1, default=str))
+    else:
+        print_status(result)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="lth-sweep", standalone_mode=False)

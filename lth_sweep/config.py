@@ -31,12 +31,18 @@ class DatasetConfig(Section):
     name: Literal["mnist1d", "mnist", "fashion_mnist", "cifar10"] = "mnist1d"
     root: str = "~/.cache/lth_sweep/data"
     download: bool = False
-    val_size: int | None = Field(default=None, ge=0, description="held out of the training set; None = 5000 (500 for mnist1d)")
+    val_size: int | None = Field(default=None, ge=0,
+                                 description="held out of the training set; None = 5000 (500 for mnist1d)")
+    augment: bool | None = Field(default=None, description="pad-4 crop + flip; None = on for cifar10 only")
 
     @model_validator(mode="after")
     def _default_val_size(self) -> DatasetConfig:
         if self.val_size is None:
             object.__setattr__(self, "val_size", DEFAULT_VAL_SIZE[self.name])
+        if self.augment is None:
+            object.__setattr__(self, "augment", self.name == "cifar10")
+        if self.augment and self.name == "mnist1d":
+            raise ValueError("augment (pad-4 crop and flip) needs image data; mnist1d is 1-D")
         return self
 
 

@@ -92,7 +92,7 @@ def load_dataset(cfg: DatasetConfig, device: torch.device) -> DatasetSplits:
         test_x=put(test_x), test_y=put(test_y),
         input_shape=tuple(train_x.shape[1:]),
         num_classes=10,
-        augment=cfg.name == "cifar10",
+        augment=cfg.name == "cifar10" if cfg.augment is None else cfg.augment,
     )
 
 

@@ -1,0 +1,527 @@
+#!/usr/bin/env python
+"""Throughput of the training engine against the plain PyTorch loop a researcher would write.
+
+    python benchmarks/bench_engine.py [--device cpu|cuda] [--quick] [--json OUT.json] [--threads N]
+
+Two workloads, on synthetic data (no dataset is loaded), every prunable layer at ~50% density:
+  LeNet-300-100, batch 60, 60,000 x 784 random floats, Adam 1.2e-3            (1,000 steps/epoch)
+  ResNet-20, batch 128, 50,000 x 3x32x32 random floats, pad-4 crop + flip,
+      SGD 0.1, momentum 0.9, weight decay 1e-4                                  (390 steps/epoch)
+
+`reference` rows: DataLoader(TensorDataset) over CPU tensors, batches moved to the device one by one,
+an nn.Module with `torch.nn.utils.prune.custom_from_mask`, torch.optim, `loss.item()` every step.
+`engine` rows: the real classes (`build_experiment`, `Population`, `PhaseTrainer`); the step loop is
+`PhaseTrainer.run` itself. Only `track` (the validation pass at the end of `run`) is replaced by a
+device sync, so no evaluation runs in the timed region. A row's step time is the difference of two
+`run` calls of n1 and n1 + N steps (each inside one epoch), which cancels the per-call fixed cost;
+the per-epoch data-order cost (`epoch_order`) is timed on its own and added once per epoch.
+
+Needs only torch, numpy, pydantic and PyYAML (no Ray, W&B, Optuna, click or mnist1d). If torchvision
+is missing, `lth_sweep.data` (which imports it at module level) is imported behind a stub that says
+so in the header; no torchvision code is used here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.machinery
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import types
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune as nn_prune
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+REPO = Path(__file__).resolve().parents[1]
+DENSITY = 0.5  # of every prunable tensor
+MASK_SEED = 1234
+
+# ----------------------------------------------------------------------------------------- engine import
+
+
+def _install_torchvision_stub() -> None:
+    """Just enough of `torchvision.datasets` for `lth_sweep.data` to import; any use raises."""
+
+    class _Missing:
+        base_folder = "cifar-10-batches-py"
+        meta = {"filename": "batches.meta", "key": "label_names", "md5": None}
+        train_list: list = []
+        test_list: list = []
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise ModuleNotFoundError("torchvision is not installed (stubbed by benchmarks/bench_engine.py)")
+
+    tv = types.ModuleType("torchvision")
+    datasets = types.ModuleType("torchvision.datasets")
+    for name in ("CIFAR10", "MNIST", "FashionMNIST"):
+        setattr(datasets, name, type(name, (_Missing,), {}))
+    tv.__spec__ = importlib.machinery.ModuleSpec("torchvision", None)
+    datasets.__spec__ = importlib.machinery.ModuleSpec("torchvision.datasets", None)
+    tv.datasets = datasets
+    sys.modules["torchvision"] = tv
+    sys.modules["torchvision.datasets"] = datasets
+
+
+def import_engine() -> tuple[types.SimpleNamespace, str | None]:
+    """The engine modules, and a note when torchvision had to be stubbed for `lth_sweep.data`."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    note = None
+    try:
+        import lth_sweep.data  # noqa: F401
+    except ModuleNotFoundError as err:
+        if err.name != "torchvision":
+            raise
+        _install_torchvision_stub()
+        note = ("torchvision is not installed: lth_sweep.data imports it at module level, so it was "
+                "imported behind a stub (this benchmark loads no dataset)")
+    from lth_sweep import pruning
+    from lth_sweep.config import build_experiment
+    from lth_sweep.data import DatasetSplits
+    from lth_sweep.models import build_model
+    from lth_sweep.population import Population
+    from lth_sweep.train import EarlyStop, Evaluation, PhaseTrainer
+
+    engine = types.SimpleNamespace(pruning=pruning, build_experiment=build_experiment, DatasetSplits=DatasetSplits,
+                                   build_model=build_model, Population=Population, EarlyStop=EarlyStop,
+                                   Evaluation=Evaluation, PhaseTrainer=PhaseTrainer)
+    return engine, note
+
+
+# ----------------------------------------------------------------------------------------- workloads
+
+
+@dataclass
+class Workload:
+    key: str  # "lenet" | "resnet"
+    title: str
+    experiment: dict[str, Any]  # for build_experiment (dataset name picks the schema's defaults)
+    train_shape: tuple[int, ...]  # one example
+    n_train: int
+    batch_size: int
+    augment: bool
+    make_optimizer: Callable[[Any], torch.optim.Optimizer]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n_train // self.batch_size
+
+
+LENET = Workload(
+    key="lenet", title="LeNet-300-100, batch 60, Adam 1.2e-3 (60,000 x 784 synthetic)",
+    experiment={"dataset": {"name": "mnist"}, "model": {"name": "lenet_300_100"},
+                "train": {"optimizer": "adam", "lr": 1.2e-3, "batch_size": 60}},
+    train_shape=(784,), n_train=60_000, batch_size=60, augment=False,
+    make_optimizer=lambda params: torch.optim.Adam(params, lr=1.2e-3),
+)
+RESNET = Workload(
+    key="resnet", title="ResNet-20, batch 128, SGD 0.1 mom 0.9 wd 1e-4, crop+flip (50,000 x 3x32x32 synthetic)",
+    experiment={"dataset": {"name": "cifar10", "augment": True}, "model": {"name": "resnet20"},
+                "train": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+                          "batch_size": 128}},
+    train_shape=(3, 32, 32), n_train=50_000, batch_size=128, augment=True,
+    make_optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4),
+)
+
+
+@dataclass
+class Row:
+    workload: str
+    config: str
+    k: int
+    ms_per_step: float
+    s_per_epoch: float
+    model_epochs_per_s: float
+    speedup: float | None = None  # model-epochs/s over the workload's reference row
+    steps_timed: int = 0
+    order_ms_per_epoch: float = 0.0  # engine only: epoch_order, included in s_per_epoch
+    train_loss: float | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_data(w: Workload, n_eval: int = 1000) -> dict[str, torch.Tensor]:
+    """Random floats and labels on the CPU (the reference reads these; the engine gets device copies)."""
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for split, n in (("train", w.n_train), ("val", n_eval), ("test", n_eval)):
+        out[f"{split}_x"] = torch.randn((n, *w.train_shape), generator=gen)
+        out[f"{split}_y"] = torch.randint(0, 10, (n,), generator=gen)
+    return out
+
+
+def device_splits(engine: types.SimpleNamespace, w: Workload, cpu: dict[str, torch.Tensor],
+                  device: torch.device) -> Any:
+    return engine.DatasetSplits(
+        name=w.experiment["dataset"]["name"],
+        **{k: v.to(device) for k, v in cpu.items()},
+        input_shape=w.train_shape, num_classes=10, augment=w.augment,
+    )
+
+
+def half_masks(engine: types.SimpleNamespace, pop: Any) -> dict[str, torch.Tensor]:
+    """Random masks at DENSITY: layerwise magnitude pruning sets the counts, random_masks_like the places."""
+    pruning = engine.pruning
+    counted = pruning.prune_layerwise(pop.prunable(), pruning.full_masks(pop.prunable()),
+                                      {name: 1 - DENSITY for name in pop.prunable_kinds})
+    return pruning.random_masks_like(counted, torch.Generator().manual_seed(MASK_SEED))
+
+
+# ----------------------------------------------------------------------------------------- reference
+
+
+class CropFlipDataset(Dataset):
+    """torchvision-style per-sample RandomCrop(32, padding=4) + RandomHorizontalFlip, in plain torch."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, pad: int = 4) -> None:
+        self.x, self.y, self.pad = x, y, pad
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img = F.pad(self.x[i], (self.pad,) * 4)
+        h, w = self.x.shape[-2:]
+        top, left = (int(v) for v in torch.randint(0, 2 * self.pad + 1, (2,)))
+        img = img[:, top:top + h, left:left + w]
+        if torch.rand(()) < 0.5:
+            img = img.flip(-1)
+        return img, self.y[i]
+
+
+def time_reference(engine: types.SimpleNamespace, w: Workload, cpu: dict[str, torch.Tensor],
+                   device: torch.device, warmup: int, steps: int, workers: int) -> Row:
+    template = engine.build_experiment(w.experiment)
+    torch.manual_seed(0)
+    model = engine.build_model(template.model, w.train_shape, 10)
+    # the same kind of masks as the engine rows (replicate 0 of a one-replicate population)
+    pop = engine.Population.initialize(lambda: engine.build_model(template.model, w.train_shape, 10), [0],
+                                       torch.device("cpu"))
+    masks = half_masks(engine, pop)
+    model.to(device).train()
+    for name, mask in masks.items():
+        module_name, _, param = name.rpartition(".")
+        nn_prune.custom_from_mask(model.get_submodule(module_name), param, mask[0].to(device))
+    dataset = (CropFlipDataset if w.augment else TensorDataset)(cpu["train_x"], cpu["train_y"])
+    loader = DataLoader(dataset, batch_size=w.batch_size, shuffle=True, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    optimizer = w.make_optimizer(model.parameters())
+    criterion = nn.CrossEntropyLoss()
+    batches = iter(loader)
+    running = 0.0
+
+    def train(n: int) -> None:
+        nonlocal batches, running
+        for _ in range(n):
+            try:
+                xb, yb = next(batches)
+            except StopIteration:
+                batches = iter(loader)
+                xb, yb = next(batches)
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            loss = criterion(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            running += loss.item()  # per-step logging, as people do
+
+    train(warmup)
+    sync(device)
+    start = time.perf_counter()
+    train(steps)
+    sync(device)
+    step_s = (time.perf_counter() - start) / steps
+    epoch_s = step_s * w.steps_per_epoch
+    note = f"DataLoader num_workers={workers}" + (", per-sample crop+flip" if w.augment else "")
+    return Row(w.key, "reference", 1, step_s * 1e3, epoch_s, 1 / epoch_s, 1.0, steps,
+               train_loss=running / (warmup + steps), note=note)
+
+
+# ----------------------------------------------------------------------------------------- engine
+
+
+def time_engine(engine: types.SimpleNamespace, w: Workload, data: Any, device: torch.device, k: int,
+                graph: bool, bf16: bool, label: str, warmup: int, steps: int) -> Row:
+    class TimedTrainer(engine.PhaseTrainer):
+        """PhaseTrainer whose end-of-run validation is a device sync: no evaluation is timed."""
+
+        def track(self, iteration: int, early_stop: Any) -> Any:
+            sync(device)
+            return engine.Evaluation(iteration, [], [])
+
+    spe = w.steps_per_epoch
+    config = engine.build_experiment(w.experiment, {
+        "replicates": k, "device": device.type, "train.iterations": 4 * spe, "train.eval_every": 10 ** 9,
+        "runtime.cuda_graph": graph, "runtime.bf16": bf16, "runtime.checkpoint_every_epoch": False,
+    })
+    seeds = list(range(k))
+    pop = engine.Population.initialize(lambda: engine.build_model(config.model, w.train_shape, 10), seeds, device)
+    masks = half_masks(engine, pop)
+    pop.apply_masks(masks)
+    trainer = TimedTrainer(config, data, pop, masks, seeds)
+    assert trainer.steps_per_epoch == spe, (trainer.steps_per_epoch, spe)
+
+    def run(start: int, n: int) -> float:
+        trainer.total = start + n
+        sync(device)
+        t0 = time.perf_counter()
+        trainer.run(start, engine.EarlyStop.fresh(k), on_epoch_end=lambda *args: None)
+        sync(device)
+        return time.perf_counter() - t0
+
+    n1 = max(1, steps // 5)
+    steps = min(steps, spe - n1)  # both timed runs stay inside one epoch (one epoch_order each)
+    run(0, warmup)  # on CUDA with graphs: 3 eager steps on a side stream, then capture, then replays
+    short = run(spe, n1)
+    long = run(2 * spe, n1 + steps)
+    step_s = max(long - short, 0.0) / steps
+    sync(device)
+    t0 = time.perf_counter()
+    trainer.epoch_order(3)
+    sync(device)
+    order_s = time.perf_counter() - t0
+    epoch_s = step_s * spe + order_s
+
+    notes = []
+    if graph and device.type == "cuda" and trainer.graph is None:
+        notes.append("CUDA graph capture FAILED -> eager")
+    loss = trainer.train_loss()
+    mean_loss = sum(loss) / len(loss)
+    if not all(v == v and abs(v) != float("inf") for v in loss):
+        notes.append("non-finite training loss")
+    with torch.no_grad():
+        leaked = sum(int((p.detach() * ~m).ne(0).sum()) for p, m in
+                     zip(trainer.masked_params, (masks[n] for n in trainer.mask_names), strict=True))
+    if leaked:
+        notes.append(f"{leaked} pruned weights nonzero")
+    return Row(w.key, label, k, step_s * 1e3, epoch_s, k / epoch_s, None, steps, order_s * 1e3, mean_loss,
+               "; ".join(notes))
+
+
+# ----------------------------------------------------------------------------------------- plan and report
+
+
+@dataclass
+class Plan:
+    lenet_ks: list[int]
+    lenet_graphed_k1: bool
+    resnet: bool
+    lenet_steps: tuple[int, int]  # warmup, measured
+    resnet_steps: tuple[int, int]
+
+
+def make_plan(args: argparse.Namespace, device: torch.device) -> Plan:
+    cuda = device.type == "cuda"
+    if cuda:
+        lenet_ks = [8, 32, 128]
+        lenet_steps = (10, 50) if args.quick else (20, 300)
+        resnet_steps = (6, 15) if args.quick else (10, 60)
+    else:
+        lenet_ks = [8, 32] if args.cpu_k32 else [8]
+        lenet_steps = (5, 40) if args.quick else (20, 400)
+        resnet_steps = (1, 2) if args.quick else (2, 5)
+    if args.steps:
+        lenet_steps = (lenet_steps[0], args.steps)
+        resnet_steps = (resnet_steps[0], args.steps)
+    if args.warmup is not None:
+        lenet_steps = (max(args.warmup, 5 if cuda else 1), lenet_steps[1])
+        resnet_steps = (max(args.warmup, 5 if cuda else 1), resnet_steps[1])
+    resnet = (cuda or args.resnet_cpu) and args.only != "lenet"
+    if args.only == "resnet":
+        lenet_ks = []
+    return Plan(lenet_ks, cuda, resnet, lenet_steps, resnet_steps)
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {"type": device.type, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    cpu_name = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info["cpu"] = cpu_name
+    info["cpu_cores"] = os.cpu_count()
+    info["cpu_cores_usable"] = usable
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        props = torch.cuda.get_device_properties(device)
+        info["memory_gib"] = round(props.total_memory / 2 ** 30, 1)
+    else:
+        info["name"] = f"{cpu_name}, {os.cpu_count()} cores ({usable} usable)"
+    info["threads"] = torch.get_num_threads()
+    return info
+
+
+def fmt_row(r: Row) -> str:
+    speed = "-" if r.speedup is None else f"{r.speedup:6.1f}x"
+    return (f"  {r.config:<28} {r.k:>4} {r.ms_per_step:>9.3f} {r.s_per_epoch:>10.3f} "
+            f"{r.model_epochs_per_s:>12.3f} {speed:>8}  {r.note}")
+
+
+HEADER = f"  {'config':<28} {'K':>4} {'ms/step':>9} {'s/epoch':>10} {'model-ep/s':>12} {'vs ref':>8}"
+
+
+def best(rows: list[Row], workload: str, pred: Callable[[Row], bool]) -> Row | None:
+    found = [r for r in rows if r.workload == workload and pred(r)]
+    return max(found, key=lambda r: r.model_epochs_per_s) if found else None
+
+
+def checks(rows: list[Row], device: torch.device) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def add(target: str, ok: bool | None, detail: str) -> None:
+        out.append({"target": target, "status": "N/A" if ok is None else ("PASS" if ok else "MISS"),
+                    "detail": detail})
+
+    engine_rows = [r for r in rows if r.config != "reference"]
+    if device.type == "cpu":
+        ref = best(rows, "lenet", lambda r: r.config == "reference")
+        k1 = best(rows, "lenet", lambda r: r.config != "reference" and r.k == 1)
+        k8 = best(rows, "lenet", lambda r: r.config != "reference" and r.k == 8)
+        if ref and k1:
+            ratio = k1.model_epochs_per_s / ref.model_epochs_per_s
+            add("CPU LeNet: engine K=1 >= 4x reference", ratio >= 4,
+                f"{ratio:.2f}x ({k1.s_per_epoch:.3f} vs {ref.s_per_epoch:.3f} s/epoch)")
+        if k1 and k8:
+            ratio = k8.model_epochs_per_s / k1.model_epochs_per_s
+            add("CPU LeNet: K=8 model-epochs/s >= 1.5x K=1", ratio >= 1.5,
+                f"{ratio:.2f}x ({k8.model_epochs_per_s:.3f} vs {k1.model_epochs_per_s:.3f} model-epochs/s)")
+        return out
+    k1 = best(rows, "lenet", lambda r: r.config != "reference" and r.k == 1)
+    if k1:
+        add("GPU LeNet: K=1 <= 0.2 s/epoch", k1.s_per_epoch <= 0.2,
+            f"{k1.s_per_epoch:.3f} s/epoch ({k1.config})")
+    k128 = best(rows, "lenet", lambda r: r.k == 128)
+    if k128:
+        add("GPU LeNet: K=128 >= 100 model-epochs/s", k128.model_epochs_per_s >= 100,
+            f"{k128.model_epochs_per_s:.1f} model-epochs/s")
+    res1 = best(rows, "resnet", lambda r: r.config != "reference" and r.k == 1)
+    if res1:
+        add("GPU ResNet-20: best single-model row <= 1.0 s/epoch", res1.s_per_epoch <= 1.0,
+            f"{res1.s_per_epoch:.3f} s/epoch ({res1.config})")
+    if engine_rows:
+        slow = [r for r in engine_rows if r.speedup is not None and r.speedup < 10]
+        worst = min((r for r in engine_rows if r.speedup is not None), key=lambda r: r.speedup, default=None)
+        detail = "" if worst is None else f"lowest {worst.speedup:.1f}x ({worst.workload} {worst.config})"
+        if slow:
+            detail += "; under 10x: " + ", ".join(f"{r.workload} {r.config} {r.speedup:.1f}x" for r in slow)
+        add("GPU: every engine row >= 10x its reference", not slow, detail)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="default: cuda when available, else cpu")
+    parser.add_argument("--quick", action="store_true", help="few steps (smoke test)")
+    parser.add_argument("--json", metavar="OUT.json", help="write the rows, checks and device info here")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default 1)")
+    parser.add_argument("--cpu-k32", action="store_true", help="CPU: also LeNet K=32")
+    parser.add_argument("--resnet-cpu", action="store_true", help="CPU: also ResNet-20 (slow; few steps)")
+    parser.add_argument("--only", choices=("lenet", "resnet"), help="run one workload only")
+    parser.add_argument("--steps", type=int, default=None, help="measured steps per row (override)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per row (override)")
+    parser.add_argument("--ref-workers", type=int, default=0, help="reference DataLoader num_workers (default 0)")
+    args = parser.parse_args(argv)
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda, but torch.cuda.is_available() is False", file=sys.stderr)
+        return 2
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or 1)
+    elif args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING, format="  [%(name)s] %(message)s")
+    engine, stub_note = import_engine()
+    plan = make_plan(args, device)
+    info = device_info(device)
+    started = time.perf_counter()
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    print(f"lth-sweep engine benchmark  {when}")
+    print(f"device: {info['name']}" + (f"  (host CPU: {info['cpu']}, {info['cpu_cores']} cores)"
+                                        if device.type == "cuda" else ""))
+    print(f"torch {info['torch']}, python {info['python']}, torch threads {info['threads']}, "
+          f"masks at density {DENSITY}, reference DataLoader num_workers={args.ref_workers}"
+          + (", --quick" if args.quick else ""))
+    if stub_note:
+        print(f"NOTE: {stub_note}")
+
+    rows: list[Row] = []
+    workloads: list[tuple[Workload, list[tuple[str, int, bool, bool]], tuple[int, int]]] = []
+    if args.only != "resnet":
+        lenet_rows = [("engine K=1 eager", 1, False, False)]
+        if plan.lenet_graphed_k1:
+            lenet_rows.append(("engine K=1 graphed", 1, True, False))
+        graph_tag = " graphed" if device.type == "cuda" else ""
+        lenet_rows += [(f"engine K={k}{graph_tag}", k, True, False) for k in plan.lenet_ks]
+        workloads.append((LENET, lenet_rows, plan.lenet_steps))
+    if plan.resnet:
+        if device.type == "cuda":
+            resnet_rows = [("engine K=1 eager fp32", 1, False, False), ("engine K=1 graphed bf16", 1, True, True),
+                           ("engine K=8 graphed bf16", 8, True, True)]
+        else:
+            resnet_rows = [("engine K=1 eager fp32", 1, False, False), ("engine K=8 eager fp32", 8, False, False)]
+        workloads.append((RESNET, resnet_rows, plan.resnet_steps))
+
+    for w, engine_rows, (warmup, steps) in workloads:
+        print(f"\n{w.title}; {w.steps_per_epoch} steps/epoch; warmup {warmup}, timed {steps} steps per row")
+        print(HEADER)
+        cpu = synthetic_data(w)
+        ref = time_reference(engine, w, cpu, device, warmup, steps, args.ref_workers)
+        rows.append(ref)
+        print(fmt_row(ref), flush=True)
+        data = device_splits(engine, w, cpu, device)
+        for label, k, graph, bf16 in engine_rows:
+            row = time_engine(engine, w, data, device, k, graph, bf16, label, warmup, steps)
+            row.speedup = row.model_epochs_per_s / ref.model_epochs_per_s
+            rows.append(row)
+            print(fmt_row(row), flush=True)
+        del data, cpu
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    results = checks(rows, device)
+    print("\nchecks:")
+    for c in results:
+        print(f"  {c['status']:<4}  {c['target']}: {c['detail']}")
+    total = time.perf_counter() - started
+    print(f"\ntotal {total:.1f} s")
+    if args.json:
+        payload = {"date": when, "argv": sys.argv, "device": info, "torchvision_stubbed": bool(stub_note),
+                   "density": DENSITY, "ref_workers": args.ref_workers, "quick": args.quick,
+                   "rows": [asdict(r) for r in rows], "checks": results, "seconds": total}
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

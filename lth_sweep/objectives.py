@@ -1,0 +1,53 @@
+"""Sparsity-aware sweep objectives over one trial's round records, and the Pareto front.
+
+When the prune rate is searched, round k is a different density in each trial, so no objective
+here compares rounds by index: each is a function of (density, val_acc) pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lth_sweep.sweep_config import ObjectiveConfig
+
+
+def matching_density(records: list[dict[str, Any]], tolerance: float) -> float:
+    """Smallest density whose val_acc is within `tolerance` of the same trial's dense val_acc."""
+    dense = records[0]["val_acc"]
+    return min(r["density"] for r in records if r["val_acc"] >= dense - tolerance)
+
+
+def val_acc_at_density(records: list[dict[str, Any]], target: float, final: bool) -> float:
+    """val_acc at `target` density, interpolated linearly in log-density between the rounds around it.
+
+    Before the trial reaches the target the running value is its latest val_acc; a trial that ends
+    without reaching it scores 0 (its schedule cannot say anything about that density)."""
+    for denser, sparser in zip(records, records[1:], strict=False):
+        if sparser["density"] <= target <= denser["density"]:
+            span = math.log(denser["density"]) - math.log(sparser["density"])
+            weight = 0.0 if span == 0 else (math.log(denser["density"]) - math.log(target)) / span
+            return denser["val_acc"] + weight * (sparser["val_acc"] - denser["val_acc"])
+    if records[0]["density"] <= target:
+        return records[0]["val_acc"]
+    return 0.0 if final else records[-1]["val_acc"]
+
+
+def objective_value(records: list[dict[str, Any]], objective: ObjectiveConfig, final: bool = False) -> float:
+    """The running value of a single objective after the rounds in `records`."""
+    if objective.name == "matching_density":
+        return matching_density(records, objective.tolerance)
+    if objective.name == "best_val_acc":
+        return max(r["val_acc"] for r in records)
+    if objective.name == "val_acc_at_density":
+        return val_acc_at_density(records, objective.target_density, final)
+    return records[-1]["val_acc"]  # pareto: (density, val_acc) are reported as they are
+
+
+def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Points not dominated in (lower density, higher val_acc), sorted by density."""
+    front = []
+    for p in sorted(points, key=lambda q: (q["density"], -q["val_acc"])):
+        if not front or p["val_acc"] > front[-1]["val_acc"]:
+            front.append(p)
+    return front

@@ -1,0 +1,73 @@
+"""What a sweep has done so far, read from its storage without starting Ray."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from lth_sweep import storage
+from lth_sweep.objectives import pareto_front
+from lth_sweep.sweep import load_spec
+from lth_sweep.sweep_config import SweepConfig, objective_metrics
+
+
+def trial_rows(experiment_dir: str) -> list[dict[str, Any]]:
+    """One row per Tune trial: searched values, state, rounds done, density, val_acc, objective."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(experiment_dir)
+    except (ValueError, FileNotFoundError, RuntimeError):
+        return []  # launched, but Tune has not written its first snapshot yet
+    rows = []
+    for trial in analysis.trials:
+        last = trial.last_result or {}
+        rows.append({
+            "trial_id": trial.trial_id,
+            "state": trial.status,
+            "params": dict(trial.config),
+            "config_hash": last.get("config_hash"),
+            "rounds_done": last.get("rounds_done", 0),
+            "density": last.get("density"),
+            "val_acc": last.get("val_acc"),
+            "test_acc": last.get("test_acc"),
+            "objective": last.get("objective"),
+            "failures": trial.num_failures,
+        })
+    return rows
+
+
+def round_points(experiment_dir: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every finished round of every trial (from the by-config engine state), for the Pareto front."""
+    points = []
+    for row in rows:
+        if row["config_hash"] is None:
+            continue
+        path = storage.join(experiment_dir, "by_config", row["config_hash"], "engine", "rounds.jsonl")
+        if not storage.exists(path):
+            continue
+        for line in storage.read_text(path).splitlines():
+            record = json.loads(line)
+            points.append({"trial_id": row["trial_id"], "round": record["round"], "density": record["density"],
+                           "val_acc": record["val_acc"], "test_acc": record["test_acc"]})
+    return points
+
+
+def sweep_status(path: str, top: int = 5) -> dict[str, Any]:
+    spec = load_spec(path)
+    experiment_dir = spec["experiment_dir"]
+    sweep = SweepConfig.model_validate(spec["sweep"])
+    metrics, modes = objective_metrics(sweep.objective)
+    rows = trial_rows(experiment_dir)
+    status: dict[str, Any] = {
+        "name": sweep.name, "experiment_dir": experiment_dir, "objective": sweep.objective.name,
+        "metric": metrics, "mode": modes, "num_samples": sweep.search.num_samples, "trials": rows,
+        "counts": {state: sum(r["state"] == state for r in rows) for state in sorted({r["state"] for r in rows})},
+    }
+    if len(metrics) == 1:
+        scored = [r for r in rows if isinstance(r["objective"], int | float) and not math.isnan(r["objective"])]
+        scored.sort(key=lambda r: r["objective"], reverse=modes[0] == "max")
+        status["best"] = scored[:top]
+    status["pareto"] = pareto_front(round_points(experiment_dir, rows))
+    return status

@@ -1,0 +1,196 @@
+"""The sweep file: which experiment, the search space over its dotted keys, search settings, the
+objective, per-trial resources, W&B and storage. Validated completely before Ray starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lth_sweep.config import ExperimentConfig, build_experiment, read_yaml, set_dotted
+from lth_sweep.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+KINDS = ("uniform", "loguniform", "integer", "choice")
+
+
+class Distribution(Section):
+    """Exactly one of: uniform [low, high], loguniform [low, high], int [low, high] (inclusive), choice [...]."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    integer: tuple[int, int] | None = Field(default=None, alias="int")
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Distribution:
+        given = [k for k in KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of uniform, loguniform, int, choice")
+        kind = given[0]
+        if kind == "choice":
+            if not self.choice:
+                raise ValueError("choice needs at least one value")
+            return self
+        low, high = getattr(self, kind)
+        if high < low or (high == low and kind != "integer"):
+            raise ValueError(f"bounds are the wrong way round: [{low}, {high}]; need low < high")
+        if kind == "loguniform" and low <= 0:
+            raise ValueError("loguniform needs 0 < low < high")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in KINDS if getattr(self, k) is not None)
+
+    def extremes(self) -> list[Any]:
+        """Values that must all be valid experiment settings: the bounds, or every choice."""
+        return list(self.choice) if self.kind == "choice" else list(getattr(self, self.kind))
+
+    def to_tune(self) -> Any:
+        from ray import tune
+
+        if self.kind == "uniform":
+            return tune.uniform(*self.uniform)
+        if self.kind == "loguniform":
+            return tune.loguniform(*self.loguniform)
+        if self.kind == "integer":
+            return tune.randint(self.integer[0], self.integer[1] + 1)  # randint's upper bound is exclusive
+        return tune.choice(self.choice)
+
+
+class SearchConfig(Section):
+    space: dict[str, Distribution] = Field(default_factory=dict)
+    num_samples: int = Field(default=8, ge=1)
+    max_concurrent: int | None = Field(default=None, ge=1, description="None = as many as resources allow")
+    sampler: Literal["tpe", "gp", "random", "nsga2"] = "tpe"
+    seed: int = 0
+
+
+class ObjectiveConfig(Section):
+    name: Literal["matching_density", "best_val_acc", "val_acc_at_density", "pareto"] = "matching_density"
+    tolerance: float = Field(default=0.01, ge=0, lt=1, description="matching: val_acc >= dense val_acc - tolerance")
+    target_density: float = Field(default=0.1, gt=0, le=1, description="for val_acc_at_density")
+
+
+class SchedulerConfig(Section):
+    name: Literal["fifo", "asha"] = "fifo"
+    grace_rounds: int = Field(default=2, ge=1)
+    reduction_factor: float = Field(default=2.0, gt=1)
+
+
+class ResourcesConfig(Section):
+    cpu: float = Field(default=1.0, gt=0)
+    gpu: float = Field(default=0.0, ge=0, description="fractions pack several trials on one GPU")
+
+
+class WandbConfig(Section):
+    project: str = "lth-sweep"
+    entity: str | None = None
+    group: str | None = Field(default=None, description="None = the sweep's name")
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+
+
+class SweepConfig(Section):
+    name: str | None = None
+    experiment: str | dict[str, Any] = "experiments/mnist1d_mlp.yaml"
+    set: dict[str, Any] = Field(default_factory=dict, description="fixed dotted overrides of the experiment")
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    storage: str = "runs/sweeps"
+    max_failures: int = Field(default=2, ge=0)
+
+    @model_validator(mode="after")
+    def _compatible(self) -> SweepConfig:
+        if self.objective.name == "pareto" and self.scheduler.name == "asha":
+            raise ValueError("scheduler asha needs a single objective; pareto is multi-objective")
+        if self.objective.name == "pareto" and self.search.sampler in ("gp",):
+            raise ValueError("objective pareto needs sampler nsga2, tpe or random")
+        return self
+
+
+def objective_metrics(objective: ObjectiveConfig) -> tuple[list[str], list[str]]:
+    """Tune metric names and modes for the objective."""
+    if objective.name == "pareto":
+        return ["density", "val_acc"], ["min", "max"]
+    mode = "min" if objective.name == "matching_density" else "max"
+    return ["objective"], [mode]
+
+
+def _validation_error(err: ValidationError) -> UserError:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"] if str(p) not in ("function-after[_exactly_one()]",))
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key in the sweep file"
+    return UserError(key or "sweep", msg)
+
+
+def resolve_experiment(sweep: SweepConfig, base_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The experiment as a plain dict: the file (relative to the sweep file) or inline keys, plus `set`."""
+    if isinstance(sweep.experiment, str):
+        path = Path(sweep.experiment).expanduser()
+        raw = read_yaml(path if path.is_absolute() else base_dir / path, "experiment")
+    else:
+        raw = dict(sweep.experiment)
+    fixed = {**sweep.set, **{k: v for k, v in overrides.items() if not k.startswith(SWEEP_KEYS)}}
+    for key, value in fixed.items():
+        set_dotted(raw, key, value)
+    return raw
+
+
+SWEEP_KEYS = ("search.", "objective.", "scheduler.", "resources.", "wandb.", "storage", "name",
+              "max_failures", "experiment")
+
+
+def check_space(experiment: dict[str, Any], space: dict[str, Distribution]) -> ExperimentConfig:
+    """Every bound (or choice) of every searched key, alone and all together, is a valid experiment."""
+    base = build_experiment(experiment)
+    for key, dist in space.items():
+        for value in dist.extremes():
+            try:
+                build_experiment(experiment, {key: value})
+            except UserError as err:
+                raise UserError(f"search.space.{key}", f"value {value!r} is not allowed: {err.message}") from None
+    for corner in (0, -1):
+        values = {key: dist.extremes()[corner] for key, dist in space.items()}
+        try:
+            build_experiment(experiment, values)
+        except UserError as err:
+            raise UserError(f"search.space.{err.key}", f"the space's {'lower' if corner == 0 else 'upper'} "
+                                                        f"corner is not allowed: {err.message}") from None
+    return base
+
+
+def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[SweepConfig, dict[str, Any]]:
+    """Reads and validates a sweep file; returns it with the resolved (fixed) experiment dict."""
+    path = Path(path)
+    tree = read_yaml(path, "sweep")
+    overrides = overrides or {}
+    for key, value in overrides.items():
+        if key.startswith(SWEEP_KEYS):
+            set_dotted(tree, key, value)
+    try:
+        sweep = SweepConfig.model_validate(tree)
+    except ValidationError as err:
+        raise _validation_error(err) from None
+    if sweep.name is None:
+        sweep.name = path.stem
+    experiment = resolve_experiment(sweep, path.parent, overrides)
+    try:
+        check_space(experiment, sweep.search.space)
+    except UserError as err:
+        if err.key.startswith("search.space"):
+            raise
+        raise UserError(f"experiment.{err.key}" if err.key != "experiment" else err.key, err.message) from None
+    return sweep, experiment

@@ -1,0 +1,144 @@
+"""Shared fixtures: a tiny MNIST-1D experiment (generated once per session) and a `lth-sweep` runner."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+import torch
+import yaml
+
+from lth_sweep.config import DatasetConfig, ExperimentConfig, build_experiment
+from lth_sweep.data import DatasetSplits, load_dataset
+
+CPU = torch.device("cpu")
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_MNIST1D = REPO / "sweeps" / "experiments" / "mnist1d_mlp.yaml"
+
+# The tiny experiment: MNIST-1D (3500 train / 500 val / 1000 test, length 40), mlp [32], batch 100
+# (35 steps per epoch), 3 epochs = 105 iterations per round, 3 rounds; about 0.1 s per round on a CPU.
+TINY_STEPS_PER_EPOCH = 35
+
+
+def tiny_raw(data_root: str | Path) -> dict[str, Any]:
+    return {
+        "seed": 0,
+        "device": "cpu",
+        "dataset": {"name": "mnist1d", "root": str(data_root)},
+        "model": {"name": "mlp", "widths": [32]},
+        "train": {"optimizer": "adam", "lr": 0.002, "batch_size": 100, "epochs": 3, "eval_every": 10},
+        "prune": {"strategy": "layerwise", "rate": 0.2, "rounds": 3},
+        "rewind": {"iteration": 0},
+    }
+
+
+class CliResult(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset root shared by the whole session, MNIST-1D generated into it once."""
+    root = tmp_path_factory.mktemp("datasets")
+    load_dataset(DatasetConfig(name="mnist1d", root=str(root)), CPU)
+    assert (root / "mnist1d" / "mnist1d.npz").is_file()
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist1d(data_root: Path) -> DatasetSplits:
+    """MNIST-1D splits on the CPU (default 500-example validation set), to hand to in-process Trials."""
+    return load_dataset(DatasetConfig(name="mnist1d", root=str(data_root)), CPU)
+
+
+@pytest.fixture
+def raw_config(data_root: Path) -> dict[str, Any]:
+    """A fresh copy of the tiny experiment as plain YAML data (safe to mutate)."""
+    return copy.deepcopy(tiny_raw(data_root))
+
+
+@pytest.fixture
+def make_config(data_root: Path) -> Callable[..., ExperimentConfig]:
+    """make_config({"prune.rounds": 2, ...}) -> the tiny experiment with dotted overrides applied."""
+
+    def make(overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+        return build_experiment(tiny_raw(data_root), overrides)
+
+    return make
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, data_root: Path) -> Callable[..., Path]:
+    """write_config(raw=None, name=...) -> path of a YAML file (the tiny experiment by default)."""
+
+    def write(raw: dict[str, Any] | None = None, name: str = "tiny.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(tiny_raw(data_root) if raw is None else raw, sort_keys=False))
+        return path
+
+    return write
+
+
+def cli_argv(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "lth_sweep.cli", *(str(a) for a in args)]
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> Callable[..., CliResult]:
+    """run_cli("run", file, "--out", dir, ...) -> (returncode, stdout, stderr), run in a scratch cwd."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+
+    def run(*args: str | Path, timeout: float = 300) -> CliResult:
+        proc = subprocess.run(cli_argv(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+@pytest.fixture
+def popen_cli(tmp_path: Path) -> Callable[..., subprocess.Popen[bytes]]:
+    """popen_cli(*args) -> a running `lth-sweep` process (output discarded), for kill tests."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+
+    def start(*args: str | Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(cli_argv(*args), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    return start
+
+
+def read_rounds(out_dir: Path) -> list[dict[str, Any]]:
+    """The records of DIR/rounds.jsonl, one JSON object per line."""
+    lines = (out_dir / "rounds.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture
+def rounds_of() -> Callable[[Path], list[dict[str, Any]]]:
+    return read_rounds
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Exact equality that treats NaN as equal to NaN (recursively through lists and dicts)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+@pytest.fixture
+def same() -> Callable[[Any, Any], bool]:
+    return same_value
