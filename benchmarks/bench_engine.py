@@ -28,8 +28,10 @@ import datetime as dt
 import importlib.machinery
 import json
 import logging
+import math
 import os
 import platform
+import statistics
 import sys
 import time
 import types
@@ -206,113 +208,164 @@ class CropFlipDataset(Dataset):
         return img, self.y[i]
 
 
-def time_reference(engine: types.SimpleNamespace, w: Workload, cpu: dict[str, torch.Tensor],
-                   device: torch.device, warmup: int, steps: int, workers: int) -> Row:
-    template = engine.build_experiment(w.experiment)
-    torch.manual_seed(0)
-    model = engine.build_model(template.model, w.train_shape, 10)
-    # the same kind of masks as the engine rows (replicate 0 of a one-replicate population)
-    pop = engine.Population.initialize(lambda: engine.build_model(template.model, w.train_shape, 10), [0],
-                                       torch.device("cpu"))
-    masks = half_masks(engine, pop)
-    model.to(device).train()
-    for name, mask in masks.items():
-        module_name, _, param = name.rpartition(".")
-        nn_prune.custom_from_mask(model.get_submodule(module_name), param, mask[0].to(device))
-    dataset = (CropFlipDataset if w.augment else TensorDataset)(cpu["train_x"], cpu["train_y"])
-    loader = DataLoader(dataset, batch_size=w.batch_size, shuffle=True, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    optimizer = w.make_optimizer(model.parameters())
-    criterion = nn.CrossEntropyLoss()
-    batches = iter(loader)
-    running = 0.0
+class ReferenceRunner:
+    """The loop a researcher writes: DataLoader, prune hooks, torch.optim, `loss.item()` every step."""
 
-    def train(n: int) -> None:
-        nonlocal batches, running
+    config = "reference"
+    k = 1
+
+    def __init__(self, engine: types.SimpleNamespace, w: Workload, cpu: dict[str, torch.Tensor],
+                 device: torch.device, workers: int) -> None:
+        self.w, self.device = w, device
+        template = engine.build_experiment(w.experiment)
+        torch.manual_seed(0)
+        model = engine.build_model(template.model, w.train_shape, 10)
+        # the same kind of masks as the engine rows (replicate 0 of a one-replicate population)
+        pop = engine.Population.initialize(lambda: engine.build_model(template.model, w.train_shape, 10), [0],
+                                           torch.device("cpu"))
+        model.to(device).train()
+        for name, mask in half_masks(engine, pop).items():
+            module_name, _, param = name.rpartition(".")
+            nn_prune.custom_from_mask(model.get_submodule(module_name), param, mask[0].to(device))
+        dataset = (CropFlipDataset if w.augment else TensorDataset)(cpu["train_x"], cpu["train_y"])
+        self.loader = DataLoader(dataset, batch_size=w.batch_size, shuffle=True, num_workers=workers,
+                                 pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+        self.model = model
+        self.optimizer = w.make_optimizer(model.parameters())
+        self.criterion = nn.CrossEntropyLoss()
+        self.batches = iter(self.loader)
+        self.running, self.steps = 0.0, 0
+        self.note = f"DataLoader num_workers={workers}" + (", per-sample crop+flip" if w.augment else "")
+
+    def train(self, n: int) -> None:
         for _ in range(n):
             try:
-                xb, yb = next(batches)
+                xb, yb = next(self.batches)
             except StopIteration:
-                batches = iter(loader)
-                xb, yb = next(batches)
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            loss = criterion(model(xb), yb)
+                self.batches = iter(self.loader)
+                xb, yb = next(self.batches)
+            xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+            loss = self.criterion(self.model(xb), yb)
             loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            running += loss.item()  # per-step logging, as people do
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+            self.running += loss.item()  # per-step logging, as people do
+            self.steps += 1
 
-    train(warmup)
-    sync(device)
-    start = time.perf_counter()
-    train(steps)
-    sync(device)
-    step_s = (time.perf_counter() - start) / steps
-    epoch_s = step_s * w.steps_per_epoch
-    note = f"DataLoader num_workers={workers}" + (", per-sample crop+flip" if w.augment else "")
-    return Row(w.key, "reference", 1, step_s * 1e3, epoch_s, 1 / epoch_s, 1.0, steps,
-               train_loss=running / (warmup + steps), note=note)
+    def warm(self, n: int) -> None:
+        self.train(n)
 
-
-# ----------------------------------------------------------------------------------------- engine
-
-
-def time_engine(engine: types.SimpleNamespace, w: Workload, data: Any, device: torch.device, k: int,
-                graph: bool, bf16: bool, label: str, warmup: int, steps: int) -> Row:
-    class TimedTrainer(engine.PhaseTrainer):
-        """PhaseTrainer whose end-of-run validation is a device sync: no evaluation is timed."""
-
-        def track(self, iteration: int, early_stop: Any) -> Any:
-            sync(device)
-            return engine.Evaluation(iteration, [], [])
-
-    spe = w.steps_per_epoch
-    config = engine.build_experiment(w.experiment, {
-        "replicates": k, "device": device.type, "train.iterations": 4 * spe, "train.eval_every": 10 ** 9,
-        "runtime.cuda_graph": graph, "runtime.bf16": bf16, "runtime.checkpoint_every_epoch": False,
-    })
-    seeds = list(range(k))
-    pop = engine.Population.initialize(lambda: engine.build_model(config.model, w.train_shape, 10), seeds, device)
-    masks = half_masks(engine, pop)
-    pop.apply_masks(masks)
-    trainer = TimedTrainer(config, data, pop, masks, seeds)
-    assert trainer.steps_per_epoch == spe, (trainer.steps_per_epoch, spe)
-
-    def run(start: int, n: int) -> float:
-        trainer.total = start + n
-        sync(device)
+    def block(self, m: int) -> float:
+        """Seconds per step over m steps."""
+        sync(self.device)
         t0 = time.perf_counter()
-        trainer.run(start, engine.EarlyStop.fresh(k), on_epoch_end=lambda *args: None)
-        sync(device)
+        self.train(m)
+        sync(self.device)
+        return (time.perf_counter() - t0) / m
+
+    def per_epoch_seconds(self) -> float:
+        return 0.0  # a new DataLoader iterator per epoch: one randperm, negligible
+
+    def finish(self) -> tuple[float, str]:
+        return self.running / max(self.steps, 1), self.note
+
+
+class EngineRunner:
+    """K replicates through the real classes; the timed loop is `PhaseTrainer.run` itself."""
+
+    def __init__(self, engine: types.SimpleNamespace, w: Workload, data: Any, device: torch.device, k: int,
+                 graph: bool, bf16: bool, label: str) -> None:
+        class TimedTrainer(engine.PhaseTrainer):
+            """PhaseTrainer whose end-of-run validation is a device sync: no evaluation is timed."""
+
+            def track(self, iteration: int, early_stop: Any) -> Any:
+                sync(device)
+                return engine.Evaluation(iteration, [], [])
+
+        self.engine, self.w, self.device, self.k, self.config = engine, w, device, k, label
+        self.graph = graph
+        spe = w.steps_per_epoch
+        config = engine.build_experiment(w.experiment, {
+            "replicates": k, "device": device.type, "train.iterations": spe, "train.eval_every": 10 ** 9,
+            "runtime.cuda_graph": graph, "runtime.bf16": bf16, "runtime.checkpoint_every_epoch": False,
+        })
+        seeds = list(range(k))
+        pop = engine.Population.initialize(lambda: engine.build_model(config.model, w.train_shape, 10), seeds,
+                                           device)
+        self.masks = half_masks(engine, pop)
+        pop.apply_masks(self.masks)
+        self.trainer = TimedTrainer(config, data, pop, self.masks, seeds)
+        assert self.trainer.steps_per_epoch == spe, (self.trainer.steps_per_epoch, spe)
+        self.next_epoch = 1
+
+    def run(self, start: int, n: int) -> float:
+        """Wall seconds of `trainer.run` over iterations start..start+n-1."""
+        self.trainer.total = start + n
+        sync(self.device)
+        t0 = time.perf_counter()
+        self.trainer.run(start, self.engine.EarlyStop.fresh(self.k), on_epoch_end=lambda *args: None)
+        sync(self.device)
         return time.perf_counter() - t0
 
-    n1 = max(1, steps // 5)
-    steps = min(steps, spe - n1)  # both timed runs stay inside one epoch (one epoch_order each)
-    run(0, warmup)  # on CUDA with graphs: 3 eager steps on a side stream, then capture, then replays
-    short = run(spe, n1)
-    long = run(2 * spe, n1 + steps)
-    step_s = max(long - short, 0.0) / steps
-    sync(device)
-    t0 = time.perf_counter()
-    trainer.epoch_order(3)
-    sync(device)
-    order_s = time.perf_counter() - t0
-    epoch_s = step_s * spe + order_s
+    def warm(self, n: int) -> None:
+        self.run(0, n)  # CUDA graphs: 3 eager steps on a side stream, capture at the 4th, then replays
 
-    notes = []
-    if graph and device.type == "cuda" and trainer.graph is None:
-        notes.append("CUDA graph capture FAILED -> eager")
-    loss = trainer.train_loss()
-    mean_loss = sum(loss) / len(loss)
-    if not all(v == v and abs(v) != float("inf") for v in loss):
-        notes.append("non-finite training loss")
-    with torch.no_grad():
-        leaked = sum(int((p.detach() * ~m).ne(0).sum()) for p, m in
-                     zip(trainer.masked_params, (masks[n] for n in trainer.mask_names), strict=True))
-    if leaked:
-        notes.append(f"{leaked} pruned weights nonzero")
-    return Row(w.key, label, k, step_s * 1e3, epoch_s, k / epoch_s, None, steps, order_s * 1e3, mean_loss,
-               "; ".join(notes))
+    def block(self, m: int) -> float:
+        """Seconds per step: runs of n1 and n1 + m steps, each from the start of its own epoch (one
+        `epoch_order` each), differenced so that the per-call cost cancels."""
+        spe = self.w.steps_per_epoch
+        n1 = max(1, m // 5)
+        e = self.next_epoch
+        self.next_epoch += 2
+        short = self.run(e * spe, n1)
+        long = self.run((e + 1) * spe, n1 + m)
+        return max(long - short, 0.0) / m
+
+    def per_epoch_seconds(self) -> float:
+        """`epoch_order` (the per-epoch permutations and augmentation draws), median of 3."""
+        times = []
+        for _ in range(3):
+            sync(self.device)
+            t0 = time.perf_counter()
+            self.trainer.epoch_order(self.next_epoch)
+            sync(self.device)
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[1]
+
+    def finish(self) -> tuple[float, str]:
+        trainer, notes = self.trainer, []
+        if self.graph and self.device.type == "cuda" and trainer.graph is None:
+            notes.append("CUDA graph capture FAILED -> eager")
+        loss = trainer.train_loss()
+        if not all(math.isfinite(v) for v in loss):
+            notes.append("non-finite training loss")
+        with torch.no_grad():
+            leaked = sum(int((p.detach() * ~self.masks[n]).ne(0).sum())
+                         for n, p in zip(trainer.mask_names, trainer.masked_params, strict=True))
+        if leaked:
+            notes.append(f"{leaked} pruned weights nonzero")
+        return sum(loss) / len(loss), "; ".join(notes)
+
+
+def measure(w: Workload, runners: list[Any], warmup: int, blocks: int, per_block: int) -> list[Row]:
+    """Warm every runner, then time `blocks` rounds of `per_block` steps, round-robin over the runners
+    (so that a slow spell of a shared machine hits every row alike); a row's step time is its median."""
+    for runner in runners:
+        runner.warm(warmup)
+    samples: list[list[float]] = [[] for _ in runners]
+    for _ in range(blocks):
+        for runner, times in zip(runners, samples, strict=True):
+            times.append(runner.block(per_block))
+    rows = []
+    for runner, times in zip(runners, samples, strict=True):
+        step_s = statistics.median(times)
+        order_s = runner.per_epoch_seconds()
+        epoch_s = step_s * w.steps_per_epoch + order_s
+        loss, note = runner.finish()
+        rows.append(Row(w.key, runner.config, runner.k, step_s * 1e3, epoch_s, runner.k / epoch_s,
+                        steps_timed=blocks * per_block, order_ms_per_epoch=order_s * 1e3, train_loss=loss,
+                        note=note, extra={"block_ms_per_step": [round(t * 1e3, 4) for t in times]}))
+    return rows
 
 
 # ----------------------------------------------------------------------------------------- plan and report
@@ -320,33 +373,36 @@ def time_engine(engine: types.SimpleNamespace, w: Workload, data: Any, device: t
 
 @dataclass
 class Plan:
-    lenet_ks: list[int]
+    lenet_ks: list[int]  # stacked rows besides K=1
     lenet_graphed_k1: bool
     resnet: bool
-    lenet_steps: tuple[int, int]  # warmup, measured
-    resnet_steps: tuple[int, int]
+    lenet: tuple[int, int, int]  # warmup steps, blocks, timed steps per block
+    resnet_timing: tuple[int, int, int]
 
 
 def make_plan(args: argparse.Namespace, device: torch.device) -> Plan:
     cuda = device.type == "cuda"
     if cuda:
         lenet_ks = [8, 32, 128]
-        lenet_steps = (10, 50) if args.quick else (20, 300)
-        resnet_steps = (6, 15) if args.quick else (10, 60)
+        lenet = (10, 2, 25) if args.quick else (20, 3, 100)  # >= 200 timed steps per row
+        resnet = (6, 2, 8) if args.quick else (10, 3, 20)  # >= 50 timed steps per row
     else:
         lenet_ks = [8, 32] if args.cpu_k32 else [8]
-        lenet_steps = (5, 40) if args.quick else (20, 400)
-        resnet_steps = (1, 2) if args.quick else (2, 5)
-    if args.steps:
-        lenet_steps = (lenet_steps[0], args.steps)
-        resnet_steps = (resnet_steps[0], args.steps)
+        lenet = (5, 2, 20) if args.quick else (20, 5, 80)
+        resnet = (1, 1, 2) if args.quick else (2, 1, 5)
+    if args.steps:  # total timed steps per row, split over the same number of blocks
+        lenet = (lenet[0], lenet[1], max(1, args.steps // lenet[1]))
+        resnet = (resnet[0], resnet[1], max(1, args.steps // resnet[1]))
     if args.warmup is not None:
-        lenet_steps = (max(args.warmup, 5 if cuda else 1), lenet_steps[1])
-        resnet_steps = (max(args.warmup, 5 if cuda else 1), resnet_steps[1])
-    resnet = (cuda or args.resnet_cpu) and args.only != "lenet"
+        floor = 5 if cuda else 1  # graph capture happens in the first 4 steps
+        lenet = (max(args.warmup, floor), *lenet[1:])
+        resnet = (max(args.warmup, floor), *resnet[1:])
+    for w, timing in ((LENET, lenet), (RESNET, resnet)):
+        if timing[2] + max(1, timing[2] // 5) > w.steps_per_epoch:
+            raise SystemExit(f"error: {timing[2]} steps per block do not fit in one {w.key} epoch")
     if args.only == "resnet":
         lenet_ks = []
-    return Plan(lenet_ks, cuda, resnet, lenet_steps, resnet_steps)
+    return Plan(lenet_ks, cuda, (cuda or args.resnet_cpu) and args.only != "lenet", lenet, resnet)
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
@@ -375,6 +431,19 @@ def device_info(device: torch.device) -> dict[str, Any]:
         info["name"] = f"{cpu_name}, {os.cpu_count()} cores ({usable} usable)"
     info["threads"] = torch.get_num_threads()
     return info
+
+
+def load_note() -> str | None:
+    """A warning when other processes keep the CPUs busy (the numbers then come out low and noisy)."""
+    try:
+        one_minute = os.getloadavg()[0]
+    except OSError:
+        return None
+    cores = os.cpu_count() or 1
+    if one_minute < 0.5 * cores:
+        return None
+    return (f"1-minute load average {one_minute:.1f} on {cores} cores: other processes are using the CPUs, "
+            "so these timings are low and noisy")
 
 
 def fmt_row(r: Row) -> str:
@@ -473,38 +542,44 @@ def main(argv: list[str] | None = None) -> int:
           + (", --quick" if args.quick else ""))
     if stub_note:
         print(f"NOTE: {stub_note}")
+    load = load_note()
+    if load:
+        print(f"WARNING: {load}")
 
     rows: list[Row] = []
-    workloads: list[tuple[Workload, list[tuple[str, int, bool, bool]], tuple[int, int]]] = []
+    workloads: list[tuple[Workload, list[tuple[str, int, bool, bool]], tuple[int, int, int]]] = []
     if args.only != "resnet":
         lenet_rows = [("engine K=1 eager", 1, False, False)]
         if plan.lenet_graphed_k1:
             lenet_rows.append(("engine K=1 graphed", 1, True, False))
         graph_tag = " graphed" if device.type == "cuda" else ""
         lenet_rows += [(f"engine K={k}{graph_tag}", k, True, False) for k in plan.lenet_ks]
-        workloads.append((LENET, lenet_rows, plan.lenet_steps))
+        workloads.append((LENET, lenet_rows, plan.lenet))
     if plan.resnet:
         if device.type == "cuda":
             resnet_rows = [("engine K=1 eager fp32", 1, False, False), ("engine K=1 graphed bf16", 1, True, True),
                            ("engine K=8 graphed bf16", 8, True, True)]
         else:
             resnet_rows = [("engine K=1 eager fp32", 1, False, False), ("engine K=8 eager fp32", 8, False, False)]
-        workloads.append((RESNET, resnet_rows, plan.resnet_steps))
+        workloads.append((RESNET, resnet_rows, plan.resnet_timing))
 
-    for w, engine_rows, (warmup, steps) in workloads:
-        print(f"\n{w.title}; {w.steps_per_epoch} steps/epoch; warmup {warmup}, timed {steps} steps per row")
-        print(HEADER)
+    for w, engine_rows, (warmup, blocks, per_block) in workloads:
+        print(f"\n{w.title}; {w.steps_per_epoch} steps/epoch; per row: warmup {warmup}, then {blocks} x "
+              f"{per_block} timed steps (round-robin over rows, median)", flush=True)
         cpu = synthetic_data(w)
-        ref = time_reference(engine, w, cpu, device, warmup, steps, args.ref_workers)
-        rows.append(ref)
-        print(fmt_row(ref), flush=True)
         data = device_splits(engine, w, cpu, device)
-        for label, k, graph, bf16 in engine_rows:
-            row = time_engine(engine, w, data, device, k, graph, bf16, label, warmup, steps)
+        runners: list[Any] = [ReferenceRunner(engine, w, cpu, device, args.ref_workers)]
+        runners += [EngineRunner(engine, w, data, device, k, graph, bf16, label)
+                    for label, k, graph, bf16 in engine_rows]
+        measured = measure(w, runners, warmup, blocks, per_block)
+        ref = measured[0]
+        for row in measured:
             row.speedup = row.model_epochs_per_s / ref.model_epochs_per_s
-            rows.append(row)
+        rows += measured
+        print(HEADER)
+        for row in measured:
             print(fmt_row(row), flush=True)
-        del data, cpu
+        del runners, data, cpu
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -514,9 +589,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {c['status']:<4}  {c['target']}: {c['detail']}")
     total = time.perf_counter() - started
     print(f"\ntotal {total:.1f} s")
+    load = load_note()
+    if load:
+        print(f"WARNING (at the end): {load}")
     if args.json:
         payload = {"date": when, "argv": sys.argv, "device": info, "torchvision_stubbed": bool(stub_note),
-                   "density": DENSITY, "ref_workers": args.ref_workers, "quick": args.quick,
+                   "load_average": os.getloadavg(), "density": DENSITY, "ref_workers": args.ref_workers,
+                   "quick": args.quick,
                    "rows": [asdict(r) for r in rows], "checks": results, "seconds": total}
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -100,14 +100,18 @@ def finish_sweep(spec: dict[str, Any], interrupted: bool) -> None:
 
     status = sweep_status(spec["experiment_dir"])
     print_status(status)
-    unfinished = len(status["trials"]) < status["num_samples"] or any(
-        row["state"] not in ("TERMINATED",) for row in status["trials"])
+    states = [row["state"] for row in status["trials"]]
+    failed = "ERROR" in states
+    unfinished = len(states) < status["num_samples"] or any(state != "TERMINATED" for state in states)
     if spec["wandb_mode"] == "offline":
         click.echo(f"W&B runs were written offline under {spec['experiment_dir']}/by_config/*/wandb; "
                    "upload them with: wandb sync DIR")
     if interrupted or unfinished:
-        click.echo(f"the sweep is not finished; continue it with: lth-sweep resume {spec['experiment_dir']}")
-        sys.exit(130 if interrupted else 1)
+        # Tune catches Ctrl+C itself, saves the experiment and returns: unfinished trials and no
+        # errors mean the sweep was stopped, not that it failed.
+        click.echo(f"the sweep is not finished{' (some trials failed)' if failed else ''}; "
+                   f"continue it with: lth-sweep resume {spec['experiment_dir']}")
+        sys.exit(1 if failed else 130)
     click.echo(f"everything is under {spec['experiment_dir']}")
 
 

@@ -181,11 +181,11 @@ def build_tuner(spec: dict[str, Any]):
     searcher = OptunaSearch(sampler=make_sampler(sweep), **({} if single else {"metric": metrics, "mode": modes}))
     if sweep.search.max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=sweep.search.max_concurrent)
-    rounds = build_experiment(spec["experiment"]).prune.rounds
+    max_rounds = rounds(spec)
     scheduler = FIFOScheduler()
     if sweep.scheduler.name == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=rounds,
-                                  grace_period=min(sweep.scheduler.grace_rounds, rounds),
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_rounds,
+                                  grace_period=min(sweep.scheduler.grace_rounds, max_rounds),
                                   reduction_factor=sweep.scheduler.reduction_factor)
     experiment_dir = spec["experiment_dir"]
     parent, name = experiment_dir.rsplit("/", 1)
@@ -270,3 +270,7 @@ def run_sweep(spec: dict[str, Any], address: str | None, resume: bool) -> tuple[
     except KeyboardInterrupt:
         return None, True
     return results, False
+
+
+def rounds(spec: dict[str, Any]) -> int:
+    return build_experiment(spec["experiment"]).prune.rounds

@@ -66,7 +66,7 @@ def raw_config(data_root: Path) -> dict[str, Any]:
     return copy.deepcopy(tiny_raw(data_root))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_config(data_root: Path) -> Callable[..., ExperimentConfig]:
     """make_config({"prune.rounds": 2, ...}) -> the tiny experiment with dotted overrides applied."""
 
