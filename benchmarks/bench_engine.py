@@ -446,13 +446,19 @@ def load_note() -> str | None:
             "so these timings are low and noisy")
 
 
+def fmt_num(value: float) -> str:
+    return f"{value:.3f}" if value >= 0.1 else f"{value:.4g}"
+
+
 def fmt_row(r: Row) -> str:
-    speed = "-" if r.speedup is None else f"{r.speedup:6.1f}x"
-    return (f"  {r.config:<28} {r.k:>4} {r.ms_per_step:>9.3f} {r.s_per_epoch:>10.3f} "
-            f"{r.model_epochs_per_s:>12.3f} {speed:>8}  {r.note}")
+    speed = "-" if r.speedup is None else f"{r.speedup:.2f}x"
+    order = "-" if r.config == "reference" else f"{r.order_ms_per_epoch:.1f}"
+    return (f"  {r.config:<26} {r.k:>4} {r.ms_per_step:>9.3f} {fmt_num(r.s_per_epoch):>9} {order:>9} "
+            f"{fmt_num(r.model_epochs_per_s):>11} {speed:>8}  {r.note}")
 
 
-HEADER = f"  {'config':<28} {'K':>4} {'ms/step':>9} {'s/epoch':>10} {'model-ep/s':>12} {'vs ref':>8}"
+HEADER = (f"  {'config':<26} {'K':>4} {'ms/step':>9} {'s/epoch':>9} {'order ms':>9} {'model-ep/s':>11} "
+          f"{'vs ref':>8}")
 
 
 def best(rows: list[Row], workload: str, pred: Callable[[Row], bool]) -> Row | None:
@@ -584,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
 
     results = checks(rows, device)
-    print("\nchecks:")
+    print("\nchecks:" + ("" if results else " none apply to this selection"))
     for c in results:
         print(f"  {c['status']:<4}  {c['target']}: {c['detail']}")
     total = time.perf_counter() - started

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 
 from lth_sweep.config import DEFAULT_VAL_SIZE, DatasetConfig
 from lth_sweep.errors import UserError
@@ -48,18 +47,23 @@ class DatasetSplits:
     augment: bool  # pad-4 random crop + horizontal flip while training (cifar10 only)
 
 
-class _CIFAR10(torchvision.datasets.CIFAR10):
+def _cifar10_class() -> type:
     """torchvision's CIFAR10 with its md5 checks replaced by existence checks.
 
     torchvision compares each pickle (and batches.meta, in `_load_meta`) with the md5 sum of the official
     files, which small test files cannot match. Only the checks change; the reading code is torchvision's.
+    torchvision is imported here, not at module level: the engine runs without it on synthetic data.
     """
+    import torchvision
 
-    meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}  # check_integrity(path, None): exists only
+    class CIFAR10(torchvision.datasets.CIFAR10):
+        meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}  # check_integrity(path, None): exists only
 
-    def _check_integrity(self) -> bool:
-        folder = Path(self.root) / self.base_folder
-        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+        def _check_integrity(self) -> bool:
+            folder = Path(self.root) / self.base_folder
+            return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+    return CIFAR10
 
 
 def load_dataset(cfg: DatasetConfig, device: torch.device) -> DatasetSplits:
@@ -113,6 +117,8 @@ def _normalize(images: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def _load_mnist_like(name: str, root: Path, download: bool) -> tuple[torch.Tensor, ...]:
+    import torchvision
+
     cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
     _check_files(root / cls.__name__ / "raw", MNIST_FILES, download)
     out = []
@@ -123,10 +129,11 @@ def _load_mnist_like(name: str, root: Path, download: bool) -> tuple[torch.Tenso
 
 
 def _load_cifar10(root: Path, download: bool) -> tuple[torch.Tensor, ...]:
-    _check_files(root / _CIFAR10.base_folder, CIFAR10_FILES, download)
+    cifar10 = _cifar10_class()
+    _check_files(root / cifar10.base_folder, CIFAR10_FILES, download)
     out = []
     for train in (True, False):
-        ds = _CIFAR10(root=root, train=train, download=download)
+        ds = cifar10(root=root, train=train, download=download)
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # torchvision keeps HWC
         out += [_normalize(images, "cifar10"), torch.tensor(ds.targets, dtype=torch.int64)]
     return tuple(out)

@@ -16,6 +16,7 @@ Files in the trial directory, each written atomically:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -153,6 +154,10 @@ class Trial:
             self._data = load_dataset(self.config.dataset, self.device)
         return self._data
 
+    @functools.cached_property
+    def prunable_kinds(self) -> dict[str, str]:
+        return self.build().prunable_kinds()
+
     def build(self) -> torch.nn.Module:
         return build_model(self.config.model, self.data.input_shape, self.data.num_classes)
 
@@ -220,7 +225,7 @@ class Trial:
 
     def make_record(self, state: dict[str, Any], control: dict[str, list[float]] | None,
                     seconds: float) -> dict[str, Any]:
-        kinds = self.build().prunable_kinds()
+        kinds = self.prunable_kinds
         masks = state["masks"]
         if masks is None:
             record_density, by_kind = 1.0, {kind: 1.0 for kind in set(kinds.values())}

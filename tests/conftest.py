@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from lth_sweep.config import DatasetConfig, ExperimentConfig, build_experiment
+from lth_sweep.config import DatasetConfig, ExperimentConfig, build_experiment, set_dotted
 from lth_sweep.data import DatasetSplits, load_dataset
 
 CPU = torch.device("cpu")
@@ -36,6 +36,7 @@ def tiny_raw(data_root: str | Path) -> dict[str, Any]:
         "train": {"optimizer": "adam", "lr": 0.002, "batch_size": 100, "epochs": 3, "eval_every": 10},
         "prune": {"strategy": "layerwise", "rate": 0.2, "rounds": 3},
         "rewind": {"iteration": 0},
+        "runtime": {"threads": 1},  # one torch thread: steady timings on a shared 2-core machine
     }
 
 
@@ -60,10 +61,23 @@ def mnist1d(data_root: Path) -> DatasetSplits:
     return load_dataset(DatasetConfig(name="mnist1d", root=str(data_root)), CPU)
 
 
+@pytest.fixture(scope="session")
+def make_raw(data_root: Path) -> Callable[..., dict[str, Any]]:
+    """make_raw({"model.widths": [64], ...}) -> the tiny experiment as plain YAML data, overrides applied."""
+
+    def make(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        raw = copy.deepcopy(tiny_raw(data_root))
+        for key, value in (overrides or {}).items():
+            set_dotted(raw, key, copy.deepcopy(value))
+        return raw
+
+    return make
+
+
 @pytest.fixture
-def raw_config(data_root: Path) -> dict[str, Any]:
+def raw_config(make_raw: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """A fresh copy of the tiny experiment as plain YAML data (safe to mutate)."""
-    return copy.deepcopy(tiny_raw(data_root))
+    return make_raw()
 
 
 @pytest.fixture(scope="session")
@@ -76,27 +90,41 @@ def make_config(data_root: Path) -> Callable[..., ExperimentConfig]:
     return make
 
 
+def write_yaml(path: Path, raw: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
 @pytest.fixture
-def write_config(tmp_path: Path, data_root: Path) -> Callable[..., Path]:
-    """write_config(raw=None, name=...) -> path of a YAML file (the tiny experiment by default)."""
+def write_config(tmp_path: Path, make_raw: Callable[..., dict[str, Any]]) -> Callable[..., Path]:
+    """write_config(raw=None, name=...) -> path of a YAML file in tmp_path (the tiny experiment by default)."""
 
     def write(raw: dict[str, Any] | None = None, name: str = "tiny.yaml") -> Path:
-        path = tmp_path / name
-        path.write_text(yaml.safe_dump(tiny_raw(data_root) if raw is None else raw, sort_keys=False))
-        return path
+        return write_yaml(tmp_path / name, make_raw() if raw is None else raw)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def write_yaml_file() -> Callable[[Path, dict[str, Any]], Path]:
+    """write_yaml_file(path, raw) -> path (for module- and session-scoped fixtures)."""
+    return write_yaml
 
 
 def cli_argv(*args: str | Path) -> list[str]:
     return [sys.executable, "-m", "lth_sweep.cli", *(str(a) for a in args)]
 
 
-@pytest.fixture
-def run_cli(tmp_path: Path) -> Callable[..., CliResult]:
+@pytest.fixture(scope="session")
+def cli_cwd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The working directory of every `lth-sweep` subprocess (so a default runs/ lands in a scratch dir)."""
+    return tmp_path_factory.mktemp("cwd")
+
+
+@pytest.fixture(scope="session")
+def run_cli(cli_cwd: Path) -> Callable[..., CliResult]:
     """run_cli("run", file, "--out", dir, ...) -> (returncode, stdout, stderr), run in a scratch cwd."""
-    cwd = tmp_path / "cwd"
-    cwd.mkdir(exist_ok=True)
+    cwd = cli_cwd
 
     def run(*args: str | Path, timeout: float = 300) -> CliResult:
         proc = subprocess.run(cli_argv(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout)
@@ -105,11 +133,10 @@ def run_cli(tmp_path: Path) -> Callable[..., CliResult]:
     return run
 
 
-@pytest.fixture
-def popen_cli(tmp_path: Path) -> Callable[..., subprocess.Popen[bytes]]:
+@pytest.fixture(scope="session")
+def popen_cli(cli_cwd: Path) -> Callable[..., subprocess.Popen[bytes]]:
     """popen_cli(*args) -> a running `lth-sweep` process (output discarded), for kill tests."""
-    cwd = tmp_path / "cwd"
-    cwd.mkdir(exist_ok=True)
+    cwd = cli_cwd
 
     def start(*args: str | Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(cli_argv(*args), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -123,7 +150,7 @@ def read_rounds(out_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def rounds_of() -> Callable[[Path], list[dict[str, Any]]]:
     return read_rounds
 
@@ -139,6 +166,6 @@ def same_value(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def same() -> Callable[[Any, Any], bool]:
     return same_value

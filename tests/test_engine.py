@@ -103,15 +103,24 @@ class StateSpy:
         return [it for r, p, it in self.evals if r == round_index and p == phase]
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Any:
+    """Like the tiny config's runtime.threads: steady timings on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------- (a) masks hold in training
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_phase_trainer_keeps_pruned_weights_exactly_zero(make_config: MakeConfig, mnist1d: DatasetSplits,
                                                          optimizer: str) -> None:
-    config = make_config({"train.optimizer": optimizer, "train.lr": 0.05, "train.momentum": 0.9,
-                          "train.weight_decay": 1e-3, "replicates": 2} if optimizer == "sgd" else
-                         {"train.weight_decay": 1e-3, "replicates": 2})
+    changes = {"train.optimizer": "sgd", "train.lr": 0.05, "train.momentum": 0.9} if optimizer == "sgd" else {}
+    config = make_config({**changes, "train.weight_decay": 1e-3, "replicates": 2, "train.epochs": 1})
     pop = Population.initialize(build(config, mnist1d), [0, 1], CPU)
     start = {n: p.detach().clone() for n, p in pop.params.items()}
     gen = torch.Generator().manual_seed(4)
@@ -490,7 +499,7 @@ def test_shipped_mnist1d_experiment_learns(run_cli: Callable[..., Any], data_roo
     shipped = Path(__file__).resolve().parents[1] / "sweeps" / "experiments" / "mnist1d_mlp.yaml"
     out = tmp_path / "out"
     result = run_cli("run", shipped, "--set", "prune.rounds=2", "--set", f"dataset.root={data_root}",
-                     "--set", "device=cpu", "--out", out)
+                     "--set", "device=cpu", "--set", "runtime.threads=1", "--out", out)
     assert result.returncode == 0, result.stderr
     records = read_rounds(out)
     assert [r["round"] for r in records] == [0, 1]

@@ -1,0 +1,236 @@
+"""Sweeps end to end: `lth-sweep launch` as a subprocess on a real local Ray, real Optuna, W&B offline.
+
+One finished 4-trial sweep (shared with test_sweep_resume.py) is checked from every side: Tune's view
+(`lth-sweep status --json`), the engine's per-config records, the rounds-trained ledger and the W&B
+offline runs, read back with W&B's own reader. Then a multi-objective (Pareto) sweep and a trial that
+raises once and is retried from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sweep_helpers as h
+import yaml
+
+from lth_sweep.config import build_experiment
+from lth_sweep.sweep import FAIL_ONCE_ENV
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+ROUNDS = 3
+NUM_SAMPLES = 4
+TOLERANCE = 0.01
+
+
+@pytest.fixture(scope="module")
+def ray_tmp() -> Iterator[Path]:
+    yield from h.private_ray_tmp()
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory, data_root: Path, ray_tmp: Path) -> h.Sweep:
+    finished = h.reference_sweep(tmp_path_factory, data_root, ray_tmp)
+    assert finished.launch.returncode == 0, finished.launch.explain()
+    return finished
+
+
+@pytest.fixture(scope="module")
+def status(sweep: h.Sweep) -> dict[str, Any]:
+    return h.status_json(sweep.dir, sweep.cwd, sweep.env)
+
+
+@pytest.fixture(scope="module")
+def trials(status: dict[str, Any]) -> list[dict[str, Any]]:
+    return status["trials"]
+
+
+def test_launch_finishes_and_says_where(sweep: h.Sweep) -> None:
+    out = sweep.launch.stdout
+    assert f"-> {sweep.dir}" in out.splitlines()[0]
+    assert f"everything is under {sweep.dir}" in out
+    assert "wandb sync" in out  # offline runs: the launch tells how to upload them
+    assert "Traceback" not in sweep.launch.stderr
+
+
+def test_status_lists_every_trial_terminated_with_all_rounds(status: dict[str, Any],
+                                                             trials: list[dict[str, Any]]) -> None:
+    assert status["num_samples"] == NUM_SAMPLES and status["objective"] == "matching_density"
+    assert status["metric"] == ["objective"] and status["mode"] == ["min"]
+    assert len(trials) == NUM_SAMPLES
+    assert status["counts"] == {"TERMINATED": NUM_SAMPLES}
+    for row in trials:
+        assert row["state"] == "TERMINATED", row
+        assert row["rounds_done"] == ROUNDS, row
+        assert row["failures"] == 0, row
+    assert len({row["trial_id"] for row in trials}) == NUM_SAMPLES
+
+
+def test_objective_is_the_matching_density_of_the_trials_own_rounds(sweep: h.Sweep,
+                                                                    trials: list[dict[str, Any]]) -> None:
+    for row in trials:
+        records = h.engine_rounds(sweep.dir, row["config_hash"])
+        assert row["objective"] == pytest.approx(h.matching_density(records, TOLERANCE)), row
+        last = records[-1]
+        assert row["density"] == pytest.approx(last["density"]) and row["val_acc"] == pytest.approx(last["val_acc"])
+
+
+def test_best_trials_are_sorted_by_the_objective(status: dict[str, Any]) -> None:
+    best = [row["objective"] for row in status["best"]]
+    assert best and best == sorted(best)  # mode min: the sparsest matching network first
+
+
+def test_optuna_suggestions_differ_and_stay_inside_the_space(trials: list[dict[str, Any]]) -> None:
+    params = [row["params"] for row in trials]
+    assert all(set(p) == set(h.SPACE) for p in params)
+    assert len({p["prune.rate"] for p in params}) == NUM_SAMPLES
+    assert len({p["train.lr"] for p in params}) == NUM_SAMPLES
+    for p in params:
+        assert 0.2 <= p["prune.rate"] <= 0.5
+        assert 0.001 <= p["train.lr"] <= 0.005
+        assert isinstance(p["rewind.iteration"], int) and 0 <= p["rewind.iteration"] <= 50
+
+
+def test_each_trial_runs_the_config_optuna_chose(sweep: h.Sweep, trials: list[dict[str, Any]]) -> None:
+    """The config hash Tune reports is the hash of the fixed experiment plus the trial's params, and the
+    engine's resolved config.yaml holds the searched values."""
+    for row in trials:
+        expected = build_experiment(sweep.tree["experiment"], row["params"])
+        assert row["config_hash"] == expected.config_hash(), row
+        saved = yaml.safe_load((sweep.dir / "by_config" / row["config_hash"] / "engine" / "config.yaml").read_text())
+        assert saved["prune"]["rate"] == row["params"]["prune.rate"]
+        assert saved["train"]["lr"] == row["params"]["train.lr"]
+        assert saved["rewind"]["iteration"] == row["params"]["rewind.iteration"]
+        assert saved["runtime"]["threads"] == 1  # resources.cpu
+    assert len({row["config_hash"] for row in trials}) == NUM_SAMPLES
+
+
+def test_every_round_is_trained_exactly_once(sweep: h.Sweep, trials: list[dict[str, Any]]) -> None:
+    for row in trials:
+        records = h.engine_rounds(sweep.dir, row["config_hash"])
+        assert [r["round"] for r in records] == list(range(ROUNDS))
+        densities = [r["density"] for r in records]
+        assert densities[0] == 1.0 and densities == sorted(densities, reverse=True)
+    ledger = h.ledger(sweep.dir)
+    pairs = Counter((line["config_hash"], line["round"]) for line in ledger)
+    assert pairs == Counter({(row["config_hash"], r): 1 for row in trials for r in range(ROUNDS)})
+    by_trial = {row["config_hash"]: row["trial_id"] for row in trials}
+    assert all(by_trial[line["config_hash"]] == line["trial_id"] for line in ledger)
+
+
+def test_tune_got_one_report_per_round_with_a_checkpoint(sweep: h.Sweep, trials: list[dict[str, Any]]) -> None:
+    for row in trials:
+        results = h.read_jsonl(sweep.dir / f"trial_{row['trial_id']}" / "result.json")
+        assert [r["round"] for r in results] == list(range(ROUNDS))
+        assert [r["rounds_done"] for r in results] == list(range(1, ROUNDS + 1))
+        assert all(r["config_hash"] == row["config_hash"] and r["node_id"] for r in results)
+        assert all("objective" in r and "density" in r and "val_acc" in r for r in results)
+        assert sorted(p.name for p in (sweep.dir / f"trial_{row['trial_id']}").glob("checkpoint_*"))
+
+
+def test_wandb_offline_runs_have_one_history_row_per_round(sweep: h.Sweep, trials: list[dict[str, Any]]) -> None:
+    for row in trials:
+        run_dirs = h.wandb_run_dirs(sweep.dir, row["config_hash"])
+        assert run_dirs, f"no offline W&B run for trial {row['trial_id']}"
+        records = [record for run_dir in run_dirs for record in h.wandb_records(run_dir)]
+        items = h.history_items(records)
+        round_rows = [item for item in items if "val_acc" in item]
+        assert sorted(item["round"] for item in round_rows) == list(range(ROUNDS)), round_rows
+        engine = {r["round"]: r for r in h.engine_rounds(sweep.dir, row["config_hash"])}
+        for item in round_rows:
+            assert "density" in item and "objective" in item and item["config_hash"] == row["config_hash"]
+            assert item["val_acc"] == pytest.approx(engine[item["round"]]["val_acc"])
+            assert item["density"] == pytest.approx(engine[item["round"]]["density"])
+            assert not any(key.startswith("curve/") for key in item)
+        curves = [item for item in items if any(key.startswith("curve/") for key in item)]
+        assert curves and all("val_acc" not in item for item in curves)
+        assert {item["curve/round_index"] for item in curves} == set(range(ROUNDS))
+        iterations = [item["curve/iteration"] for item in curves]
+        assert iterations == sorted(iterations)  # one global iteration axis across rounds
+        config = h.run_config(records)
+        assert config["searched"] == row["params"]
+        assert config["config_hash"] == row["config_hash"]
+        assert config["prune"]["rate"] == row["params"]["prune.rate"]
+        assert config["train"]["lr"] == row["params"]["train.lr"]
+        assert config["rewind"]["iteration"] == row["params"]["rewind.iteration"]
+
+
+def test_human_status_has_a_row_per_trial(sweep: h.Sweep, trials: list[dict[str, Any]]) -> None:
+    result = h.run_cli("status", sweep.dir, cwd=sweep.cwd, env=sweep.env, timeout=120)
+    assert result.returncode == 0, result.explain()
+    lines = result.stdout.splitlines()
+    assert f"{NUM_SAMPLES}/{NUM_SAMPLES} trials" in lines[0]
+    for row in trials:
+        matching = [line for line in lines if line.split()[:2] == [row["trial_id"], "TERMINATED"]]
+        assert len(matching) == 1, result.stdout
+        assert str(ROUNDS) in matching[0].split()
+    assert any(line.startswith("best trials:") for line in lines)
+    assert any(line.startswith("pareto front") for line in lines)
+
+
+def test_launching_the_same_name_again_exits_2_and_leaves_it_alone(sweep: h.Sweep) -> None:
+    before = h.ledger(sweep.dir)
+    names = sorted(p.name for p in sweep.dir.iterdir())
+    result = h.run_cli("launch", sweep.cwd / "imp.yaml", "--storage", sweep.dir.parent, cwd=sweep.cwd, env=sweep.env,
+                       timeout=120)
+    assert result.returncode == 2, result.explain()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.explain()
+    assert f"lth-sweep resume {sweep.dir}" in lines[0]
+    assert h.ledger(sweep.dir) == before and sorted(p.name for p in sweep.dir.iterdir()) == names
+
+
+# ------------------------------------------------------------------------------------ multi-objective
+
+
+def test_pareto_sweep_with_nsga2(tmp_path: Path, data_root: Path, ray_tmp: Path) -> None:
+    tree = h.sweep_tree(data_root, rounds=2, num_samples=3, sampler="nsga2", objective={"name": "pareto"})
+    finished = h.launch_sweep(tree, tmp_path, ray_tmp, name="pareto")
+    assert finished.launch.returncode == 0, finished.launch.explain()
+    status = h.status_json(finished.dir, finished.cwd, finished.env)
+    assert status["metric"] == ["density", "val_acc"] and status["mode"] == ["min", "max"]
+    assert [row["state"] for row in status["trials"]] == ["TERMINATED"] * 3
+    assert all(row["rounds_done"] == 2 for row in status["trials"])
+    front = status["pareto"]
+    assert front, status
+    points = [(r["density"], r["val_acc"]) for row in status["trials"]
+              for r in h.engine_rounds(finished.dir, row["config_hash"])]
+    assert len(points) == 3 * 2
+    for p in front:
+        assert (p["density"], p["val_acc"]) in points
+        assert not any(d <= p["density"] and a >= p["val_acc"] and (d, a) != (p["density"], p["val_acc"])
+                       for d, a in points), p
+    assert [p["density"] for p in front] == sorted(p["density"] for p in front)
+    # every non-dominated point is on the front
+    best = [q for q in set(points) if not any(d <= q[0] and a >= q[1] and (d, a) != q for d, a in points)]
+    assert len(front) == len(best)
+
+
+# ------------------------------------------------------------------------------------ a trial that raises
+
+
+def test_a_trial_that_raises_is_retried_from_its_checkpoint(tmp_path: Path, data_root: Path, ray_tmp: Path) -> None:
+    tree = h.sweep_tree(data_root, rounds=3, num_samples=1)
+    finished = h.launch_sweep(tree, tmp_path, ray_tmp, name="flaky", **{FAIL_ONCE_ENV: "1"})
+    assert finished.launch.returncode == 0, finished.launch.explain()
+    assert "injected failure after round 1" in finished.launch.stdout + finished.launch.stderr
+    status = h.status_json(finished.dir, finished.cwd, finished.env)
+    (row,) = status["trials"]
+    assert row["state"] == "TERMINATED" and row["failures"] == 1 and row["rounds_done"] == 3, row
+    records = h.engine_rounds(finished.dir, row["config_hash"])
+    assert [r["round"] for r in records] == [0, 1, 2]
+    assert row["objective"] == pytest.approx(h.matching_density(records, TOLERANCE))
+    ledger = h.ledger(finished.dir)
+    assert [(line["config_hash"], line["round"]) for line in ledger] == [(row["config_hash"], r) for r in range(3)]
+    results = h.read_jsonl(finished.dir / f"trial_{row['trial_id']}" / "result.json")
+    assert sorted(r["round"] for r in results) == [0, 1, 2]
+    # W&B: the retried trial resumes its run; each round still reaches W&B once
+    records_wandb = [r for d in h.wandb_run_dirs(finished.dir, row["config_hash"]) for r in h.wandb_records(d)]
+    rounds = sorted(item["round"] for item in h.history_items(records_wandb) if "val_acc" in item)
+    assert rounds == [0, 1, 2]
+    assert not math.isnan(row["objective"])
