@@ -111,6 +111,8 @@ class RuntimeConfig(Section):
     threads: int | None = Field(default=None, ge=1, description="torch threads; None = the CPUs this process may use")
     cuda_graph: bool = True
     bf16: bool = Field(default=True, description="bf16 autocast for conv nets on CUDA")
+    tf32: bool = Field(default=True, description="TF32 matmuls and convolutions on CUDA")
+    channels_last: bool = Field(default=True, description="NHWC activations for single-model conv nets on CUDA")
     checkpoint_every_epoch: bool = True
 
 

@@ -116,7 +116,13 @@ class PhaseTrainer:
         t = config.train
         self.optimizer: StackedOptimizer = build_optimizer(t.optimizer, params, t.lr, t.momentum, t.weight_decay)
         cuda = pop.device.type == "cuda"
-        use_bf16 = cuda and config.runtime.bf16 and data.augment
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = config.runtime.tf32
+            torch.backends.cudnn.allow_tf32 = config.runtime.tf32
+            torch.backends.cudnn.benchmark = True
+        conv_net = "conv" in pop.prunable_kinds.values()
+        self.channels_last = cuda and conv_net and config.runtime.channels_last and pop.size == 1
+        use_bf16 = cuda and config.runtime.bf16 and conv_net
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
         self.use_graph = cuda and config.runtime.cuda_graph
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -156,6 +162,8 @@ class PhaseTrainer:
         if self.data.augment:
             flat = augment_batch(x.flatten(0, 1), self.static_shifts.flatten(0, 1), self.static_flips.flatten())
             x = flat.view_as(x)
+        if self.channels_last:  # [1, B, C, H, W] -> NHWC for the single model's cuDNN kernels
+            x = x[0].contiguous(memory_format=torch.channels_last).unsqueeze(0)
         with self.autocast():
             logits = self.pop(x).float()
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, b).mean(1)
