@@ -166,6 +166,24 @@ def status(path: str, as_json: bool) -> None:
         print_status(result)
 
 
+@cli.command()
+@click.argument("path")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for report.md, density_vs_accuracy.png and rounds.csv (default PATH/report).")
+def report(path: str, out: Path | None) -> None:
+    """Write a local report of a sweep: IMP curves of every trial, best trials, Pareto front."""
+    from lth_sweep import storage
+    from lth_sweep.report import write_report
+    from lth_sweep.sweep import load_spec
+
+    spec = load_spec(path)
+    if out is None:
+        if storage.is_uri(spec["experiment_dir"]):
+            raise UserError("--out", "give a local folder for the report of a sweep stored at a URI")
+        out = Path(spec["experiment_dir"]) / "report"
+    click.echo(f"report written to {write_report(path, out)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="lth-sweep", standalone_mode=False)

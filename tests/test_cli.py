@@ -1,5 +1,10 @@
 """`lth-sweep run` as a user runs it: bad input exits 2 with one line naming the key and writes nothing;
-a good run prints a header and one row per round."""
+a good run prints a header and one row per round.
+
+Every `lth-sweep run` process imports torch (about 3 s), so the full matrix of bad values goes through
+`lth_sweep.cli.main` in this process (same code, same exit codes, stderr captured), and each distinct
+failure path is also checked once as a real subprocess.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,31 @@ from typing import Any
 import pytest
 import torch
 
+from lth_sweep.cli import main
+
 CliRunner = Callable[..., Any]
+
+
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli_here(capsys: pytest.CaptureFixture[str]) -> CliRunner:
+    """cli_here("run", ...) -> result of lth_sweep.cli.main in this process (exit code from SystemExit)."""
+
+    def run(*args: str | Path) -> Result:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
 
 # (id, --set overrides, key the message must name, extra words the message must contain)
 BAD_OVERRIDES: list[tuple[str, list[str], str, list[str]]] = [
@@ -47,11 +76,21 @@ def assert_user_error(result: Any, key: str, out: Path, words: list[str] = ()) -
 
 @pytest.mark.parametrize("overrides, key, words", [case[1:] for case in BAD_OVERRIDES],
                          ids=[case[0] for case in BAD_OVERRIDES])
-def test_bad_override_exits_2(run_cli: CliRunner, write_config: Callable[..., Path], tmp_path: Path,
+def test_bad_override_exits_2(cli_here: CliRunner, write_config: Callable[..., Path], tmp_path: Path,
                               overrides: list[str], key: str, words: list[str]) -> None:
     out = tmp_path / "out"
     args = [arg for pair in overrides for arg in ("--set", pair)]
-    assert_user_error(run_cli("run", write_config(), *args, "--out", out), key, out, words)
+    assert_user_error(cli_here("run", write_config(), *args, "--out", out), key, out, words)
+
+
+@pytest.mark.parametrize("overrides, key", [(["train.lrr=0.1"], "train.lrr"), (["prune.rate"], "--set"),
+                                            (["rewind.iteration=105"], "rewind.iteration")],
+                         ids=["unknown-nested-key", "set-without-equals", "rewind-past-end"])
+def test_bad_override_exits_2_as_a_process(run_cli: CliRunner, write_config: Callable[..., Path],
+                                           tmp_path: Path, overrides: list[str], key: str) -> None:
+    out = tmp_path / "out"
+    args = [arg for pair in overrides for arg in ("--set", pair)]
+    assert_user_error(run_cli("run", write_config(), *args, "--out", out), key, out)
 
 
 def test_malformed_yaml_file(run_cli: CliRunner, tmp_path: Path) -> None:
@@ -62,12 +101,12 @@ def test_malformed_yaml_file(run_cli: CliRunner, tmp_path: Path) -> None:
     assert "bad.yaml" in line and "YAML" in line
 
 
-def test_unknown_key_in_the_file(run_cli: CliRunner, write_config: Callable[..., Path],
+def test_unknown_key_in_the_file(cli_here: CliRunner, write_config: Callable[..., Path],
                                  make_raw: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
     raw = make_raw()
     raw["prune"]["sparsity"] = 0.5
     out = tmp_path / "out"
-    assert_user_error(run_cli("run", write_config(raw), "--out", out), "prune.sparsity", out, ["unknown key"])
+    assert_user_error(cli_here("run", write_config(raw), "--out", out), "prune.sparsity", out, ["unknown key"])
 
 
 def test_nonexistent_experiment_file(run_cli: CliRunner, tmp_path: Path) -> None:
@@ -98,21 +137,21 @@ def test_cuda_without_cuda(run_cli: CliRunner, write_config: Callable[..., Path]
 @pytest.mark.xfail(strict=True, reason=(
     "model/input mismatch is found in Trial.run_round (build_model), after Trial.run has created --out and "
     "written config.yaml, state.pt and rounds.jsonl; the exit code is 2 but the directory is left behind"))
-def test_image_model_on_mnist1d_writes_nothing(run_cli: CliRunner, write_config: Callable[..., Path],
+def test_image_model_on_mnist1d_writes_nothing(cli_here: CliRunner, write_config: Callable[..., Path],
                                                tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert_user_error(run_cli("run", write_config(), "--set", "model.name=conv2", "--out", out), "model.name", out,
+    assert_user_error(cli_here("run", write_config(), "--set", "model.name=conv2", "--out", out), "model.name", out,
                       ["image"])
 
 
-def test_other_experiment_in_an_existing_directory(run_cli: CliRunner, write_config: Callable[..., Path],
+def test_other_experiment_in_an_existing_directory(cli_here: CliRunner, write_config: Callable[..., Path],
                                                    tmp_path: Path) -> None:
     out = tmp_path / "out"
     config = write_config()
-    first = run_cli("run", config, "--set", "prune.rounds=1", "--set", "train.epochs=1", "--out", out)
+    first = cli_here("run", config, "--set", "prune.rounds=1", "--set", "train.epochs=1", "--out", out)
     assert first.returncode == 0, first.stderr
     files = {p.name: p.read_bytes() for p in out.iterdir()}
-    second = run_cli("run", config, "--set", "prune.rounds=1", "--set", "train.epochs=2", "--out", out)
+    second = cli_here("run", config, "--set", "prune.rounds=1", "--set", "train.epochs=2", "--out", out)
     assert second.returncode == 2 and len(second.stderr.splitlines()) == 1
     assert "--out" in second.stderr and "Traceback" not in second.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
@@ -150,6 +189,6 @@ def test_default_out_directory(run_cli: CliRunner, write_config: Callable[..., P
     assert len(runs[0].name) == len("tiny-") + 12
 
 
-def test_help(run_cli: CliRunner) -> None:
-    result = run_cli("run", "--help")
+def test_help(cli_here: CliRunner) -> None:
+    result = cli_here("run", "--help")
     assert result.returncode == 0 and "--set" in result.stdout and "--out" in result.stdout
