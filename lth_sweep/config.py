@@ -108,7 +108,7 @@ class RewindConfig(Section):
 class RuntimeConfig(Section):
     """How to run, not what to compute: excluded from the config hash."""
 
-    threads: int | None = Field(default=None, ge=1, description="torch threads; None = the CPUs this process may use")
+    threads: int = Field(default=1, ge=1, description="torch CPU threads (one thread per trial is the safe default)")
     cuda_graph: bool = True
     bf16: bool = Field(default=True, description="bf16 autocast for conv nets on CUDA")
     tf32: bool = Field(default=True, description="TF32 matmuls and convolutions on CUDA")
@@ -140,8 +140,9 @@ class ExperimentConfig(Section):
         return train_examples // self.train.batch_size
 
     def science_dict(self) -> dict[str, Any]:
-        """The keys that determine the results (device and runtime knobs left out)."""
-        return self.model_dump(mode="json", exclude={"device", "runtime"})
+        """The keys that determine the results (device, runtime knobs and where data is read from left out)."""
+        return self.model_dump(mode="json", exclude={"device": True, "runtime": True,
+                                                     "dataset": {"root", "download"}})
 
     def config_hash(self) -> str:
         text = json.dumps(self.science_dict(), sort_keys=True, separators=(",", ":"))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -54,13 +53,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def layer_rates(config: ExperimentConfig, kinds: dict[str, str]) -> dict[str, float]:
@@ -179,13 +171,15 @@ class Trial:
 
     def run(self) -> list[dict[str, Any]]:
         config = self.config
-        torch.set_num_threads(config.runtime.threads or cpu_count())
+        torch.set_num_threads(config.runtime.threads)
         state = load_torch(self.state_path) if self.state_path.exists() else None
         if state is not None and state["round"] >= config.prune.rounds:
             self.write_records(state["records"])
             return state["records"]
-        data = self.data  # loads (and checks) the dataset before anything is written
+        data = self.data  # loads (and checks) the dataset and the model before anything is written
         config.check_schedule(len(data.train_x) // config.train.batch_size)
+        if not self.prunable_kinds:
+            raise UserError("model.name", f"{config.model.name} has no prunable weights")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.out_dir / "config.yaml", dump_yaml(config))
         if state is None:
@@ -263,8 +257,9 @@ class Trial:
             pop.load({n: t.to(self.device) for n, t in load_torch(self.rewind_path).items()})
         masks = self.round_masks(state, pop)
         if phase == "control" and self.config.control == "random_mask":
-            gen = torch.Generator().manual_seed(derived_seed(self.config.seed, "random_mask", round_index))
-            masks = pruning.random_masks_like(masks, gen)
+            generators = [torch.Generator().manual_seed(derived_seed(s, "random_mask", round_index))
+                          for s in self.seeds]
+            masks = pruning.random_masks_per_replicate(masks, generators)
         pop.apply_masks(masks)
         return pop, masks
 

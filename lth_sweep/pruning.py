@@ -93,3 +93,11 @@ def random_masks_like(masks: Masks, generator: torch.Generator) -> Masks:
         ranks = torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1]).expand_as(order))
         random_masks[name] = (ranks < counts).view(mask.shape).to(mask.device)
     return random_masks
+
+
+def random_masks_per_replicate(masks: Masks, generators: list[torch.Generator]) -> Masks:
+    """`random_masks_like` with replicate k drawn from generators[k] alone (so a stacked run and K
+    separate runs draw the same masks)."""
+    per_replicate = [random_masks_like({n: m[k:k + 1] for n, m in masks.items()}, gen)
+                     for k, gen in enumerate(generators)]
+    return {name: torch.cat([masks_k[name] for masks_k in per_replicate]) for name in masks}

@@ -134,9 +134,6 @@ def test_cuda_without_cuda(run_cli: CliRunner, write_config: Callable[..., Path]
                       ["cpu"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "model/input mismatch is found in Trial.run_round (build_model), after Trial.run has created --out and "
-    "written config.yaml, state.pt and rounds.jsonl; the exit code is 2 but the directory is left behind"))
 def test_image_model_on_mnist1d_writes_nothing(cli_here: CliRunner, write_config: Callable[..., Path],
                                                tmp_path: Path) -> None:
     out = tmp_path / "out"

