@@ -1,8 +1,10 @@
-"""SGD and Adam over stacked tensors, in a few foreach calls, with the learning rate as a tensor.
+"""SGD and Adam over stacked tensors through PyTorch's fused kernels, with the learning rate as a tensor.
 
-They follow torch.optim.SGD (momentum, L2 weight decay, no dampening) and torch.optim.Adam (L2 weight
-decay, bias correction) step for step. Keeping the learning rate and Adam's step count on the device
-lets a CUDA graph capture the whole training step and the schedule change it between replays.
+They are torch.optim.SGD (momentum, L2 weight decay, no dampening) and torch.optim.Adam (L2 weight
+decay, bias correction) with `fused=True`: one pass over parameters, gradients and state per step,
+which matters once K stacked replicates no longer fit in the CPU's caches. The learning rate and
+Adam's step count live on the parameters' device, so a CUDA graph can capture the whole step and the
+schedule can change the rate between replays.
 """
 
 from __future__ import annotations
@@ -21,21 +23,20 @@ class StackedOptimizer:
     def set_lr(self, value: float) -> None:
         self.lr.fill_(value)
 
-    def _decayed(self, grads: Tensors) -> Tensors:
-        if self.weight_decay == 0:
-            return grads
-        return torch._foreach_add(grads, self.params, alpha=self.weight_decay)
-
     def state_dict(self) -> dict[str, Tensors]:
-        raise NotImplementedError
+        return {name: [t.clone() for t in getattr(self, name)] for name in self.state_names}
 
     def load_state_dict(self, state: dict[str, Tensors]) -> None:
         for name, tensors in state.items():
             for mine, saved in zip(getattr(self, name), tensors, strict=True):
                 mine.copy_(saved)
 
+    state_names: tuple[str, ...] = ()
+
 
 class SGD(StackedOptimizer):
+    state_names = ("buffers",)
+
     def __init__(self, params: Tensors, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
         super().__init__(params, lr, weight_decay)
         self.momentum = momentum
@@ -43,18 +44,14 @@ class SGD(StackedOptimizer):
 
     @torch.no_grad()
     def step(self, grads: Tensors) -> None:
-        grads = self._decayed(grads)
-        if self.momentum:
-            torch._foreach_mul_(self.buffers, self.momentum)
-            torch._foreach_add_(self.buffers, grads)
-            grads = self.buffers
-        torch._foreach_add_(self.params, torch._foreach_mul(grads, -self.lr))
-
-    def state_dict(self) -> dict[str, Tensors]:
-        return {"buffers": [b.clone() for b in self.buffers]}
+        # zero-initialized buffers make the first step buf = grad, as torch.optim does
+        torch._fused_sgd_(self.params, grads, self.buffers, weight_decay=self.weight_decay, momentum=self.momentum,
+                          lr=self.lr, dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
 
 
 class Adam(StackedOptimizer):
+    state_names = ("exp_avg", "exp_avg_sq", "steps")
+
     def __init__(self, params: Tensors, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(params, lr, weight_decay)
@@ -66,24 +63,10 @@ class Adam(StackedOptimizer):
 
     @torch.no_grad()
     def step(self, grads: Tensors) -> None:
-        grads = self._decayed(grads)
-        step = self.steps[0]
-        step.add_(1)
-        torch._foreach_lerp_(self.exp_avg, grads, 1 - self.beta1)
-        torch._foreach_mul_(self.exp_avg_sq, self.beta2)
-        torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, 1 - self.beta2)
-        step_size = self.lr / (1 - self.beta1 ** step)
-        bias_correction2_sqrt = (1 - self.beta2 ** step).sqrt()
-        denom = torch._foreach_sqrt(self.exp_avg_sq)
-        torch._foreach_div_(denom, bias_correction2_sqrt)
-        torch._foreach_add_(denom, self.eps)
-        updates = torch._foreach_div(self.exp_avg, denom)
-        torch._foreach_mul_(updates, -step_size)
-        torch._foreach_add_(self.params, updates)
-
-    def state_dict(self) -> dict[str, Tensors]:
-        return {"exp_avg": [t.clone() for t in self.exp_avg], "exp_avg_sq": [t.clone() for t in self.exp_avg_sq],
-                "steps": [self.steps[0].clone()]}
+        self.steps[0].add_(1)
+        torch._fused_adam_(self.params, grads, self.exp_avg, self.exp_avg_sq, [], self.steps * len(self.params),
+                           lr=self.lr, beta1=self.beta1, beta2=self.beta2, weight_decay=self.weight_decay,
+                           eps=self.eps, amsgrad=False, maximize=False)
 
 
 def build_optimizer(name: str, params: Tensors, lr: float, momentum: float, weight_decay: float) -> StackedOptimizer:

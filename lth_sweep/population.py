@@ -64,8 +64,9 @@ class Population:
         """Logits [K, B, classes] for inputs [K, B, ...] (or [B, ...] given to every replicate)."""
         if self.size == 1:
             x_one = x if shared_input else x[0]
-            params = {n: p[0] for n, p in self.params.items()}
-            buffers = {n: b[0] for n, b in self.buffers.items()}
+            # view, not p[0]: select's backward would zero-fill and copy a full-size gradient every step
+            params = {n: p.view(p.shape[1:]) for n, p in self.params.items()}
+            buffers = {n: b.view(b.shape[1:]) for n, b in self.buffers.items()}
             return self._call_one(params, buffers, x_one).unsqueeze(0)
         in_dims = (0, 0, None if shared_input else 0)
         return vmap(self._call_one, in_dims=in_dims)(self.params, self.buffers, x)
