@@ -167,11 +167,12 @@ class PhaseTrainer:
         with self.autocast():
             logits = self.pop(x).float()
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, b).mean(1)
-        grads = torch.autograd.grad(loss.sum(), list(self.pop.params.values()))
+        # vmapped weight gradients come back transposed; the fused optimizers need the parameters' layout
+        grads = [g.contiguous() for g in torch.autograd.grad(loss.sum(), list(self.pop.params.values()))]
         grad_of = dict(zip(self.pop.params, grads, strict=True))
         masked_grads = [grad_of[n] for n in self.mask_names]
         torch._foreach_mul_(masked_grads, self.masks)
-        self.optimizer.step(list(grads))
+        self.optimizer.step(grads)
         with torch.no_grad():
             torch._foreach_mul_(self.masked_params, self.masks)
         self.loss_sum += loss.detach()
