@@ -1,7 +1,7 @@
 """Helpers for the sweep tests: tiny sweep files, `lth-sweep` as a subprocess, readers for what a sweep leaves
 (status, per-config engine records, the rounds-trained ledger, W&B offline runs) and process bookkeeping.
 
-Every Ray instance these tests start lives under a private temp dir (`RAY_TMPDIR`, one per pytest session):
+Every Ray instance these tests start lives under a private temp dir (`RAY_TMPDIR`, one per test module):
 `ray.init()` without an address then never joins a cluster someone else started on this machine (Ray reads
 `$RAY_TMPDIR/ray/ray_current_cluster`), and every process Ray starts for us inherits a marker variable, so
 clean-up can find exactly our processes and nothing else.
@@ -253,7 +253,10 @@ def wandb_run_dirs(sweep_dir: Path, config_hash: str) -> list[Path]:
 
 
 def wandb_records(run_dir: Path) -> list[dict[str, Any]]:
-    """An offline run's records, read with W&B's own reader (`wandb leet inspect --json RUN_DIR`)."""
+    """An offline run's records, read with W&B's own reader (`wandb leet inspect --json RUN_DIR`); none for
+    a run dir without its .wandb file (a run killed while it started)."""
+    if not any(run_dir.glob("*.wandb")):
+        return []
     exe = shutil.which("wandb")
     argv = [exe] if exe else [sys.executable, "-m", "wandb"]
     proc = subprocess.run([*argv, "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,

