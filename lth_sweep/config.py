@@ -192,7 +192,7 @@ def _format_validation_error(err: ValidationError, prefix: str = "") -> UserErro
     kind = first["type"]
     if kind == "extra_forbidden":
         return UserError(key, "unknown key; allowed keys are in the experiment schema (see README)")
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if kind in ("literal_error", "enum"):
         msg = msg.replace("Input should be", "allowed:")
     return UserError(key or "config", msg)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,8 @@ def imp_trainable(params: dict[str, Any], spec: dict[str, Any]) -> None:
             run_name=f"{context.get_trial_name()}-{config_hash}",
             config={**config.model_dump(mode="json"), "searched": params, "config_hash": config_hash,
                     "sweep": sweep.name},
-            directory=root / "wandb", objective_mode=None if len(modes) > 1 else modes[0])
+            directory=root / "wandb", objective_mode=None if len(modes) > 1 else modes[0],
+            iterations_per_round=config.iterations_per_round(config.steps_per_epoch()))
         records: list[dict[str, Any]] = []
         node_id = ray.get_runtime_context().get_node_id()
         fail_after = os.environ.get(FAIL_ONCE_ENV)
@@ -114,12 +116,13 @@ def imp_trainable(params: dict[str, Any], spec: dict[str, Any]) -> None:
                 raise RuntimeError(f"injected failure after round {record['round']} ({FAIL_ONCE_ENV})")
 
         def curve(round_index: int, phase: str, evaluation: Evaluation) -> None:
-            prefix = "" if phase == "ticket" else f"{phase}_"
-            mean = lambda values: sum(values) / len(values)  # noqa: E731
-            tracker.log_curve({"iteration": round_index * total + evaluation.iteration, "round_index": round_index,
-                               f"{prefix}val_loss": mean(evaluation.val_loss),
-                               f"{prefix}val_acc": mean(evaluation.val_acc),
-                               f"{prefix}train_loss": mean(evaluation.extras["train_loss"])})
+            if phase != "ticket":  # a control's curve would run back over the round's steps
+                return
+            step = round_index * total + evaluation.iteration
+            tracker.log_curve({"iteration": step, "round_index": round_index,
+                               "val_loss": statistics.fmean(evaluation.val_loss),
+                               "val_acc": statistics.fmean(evaluation.val_acc),
+                               "train_loss": statistics.fmean(evaluation.extras["train_loss"])}, step)
 
         trial = Trial(config, engine_dir, on_round=lambda r: report(r, True), on_eval=curve)
         for record in trial.records():
@@ -169,7 +172,25 @@ def make_trainable(spec: dict[str, Any]):
     return tune.with_resources(trainable, {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
 
 
-def build_tuner(spec: dict[str, Any]):
+def concurrent_trials(sweep: SweepConfig, on_cluster: bool) -> int:
+    """How many trials run at once when the sweep file does not say. Tune lets an Optuna searcher keep
+    only one trial pending unless a ConcurrencyLimiter says otherwise, which would run trials one by
+    one. Here: as many as fit this machine's CPUs and GPUs; on a cluster, every sample (pending trials
+    are what make the autoscaler add nodes)."""
+    if sweep.search.max_concurrent:
+        return sweep.search.max_concurrent
+    if on_cluster:
+        return sweep.search.num_samples
+    import ray
+
+    available = ray.cluster_resources()
+    fits = [available.get("CPU", 1) / sweep.resources.cpu]
+    if sweep.resources.gpu:
+        fits.append(available.get("GPU", 0) / sweep.resources.gpu)
+    return max(1, min(sweep.search.num_samples, int(min(fits))))
+
+
+def build_tuner(spec: dict[str, Any], on_cluster: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -179,8 +200,7 @@ def build_tuner(spec: dict[str, Any]):
     metrics, modes = objective_metrics(sweep.objective)
     single = len(metrics) == 1
     searcher = OptunaSearch(sampler=make_sampler(sweep), **({} if single else {"metric": metrics, "mode": modes}))
-    if sweep.search.max_concurrent:
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=sweep.search.max_concurrent)
+    searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrent_trials(sweep, on_cluster))
     max_rounds = rounds(spec)
     scheduler = FIFOScheduler()
     if sweep.scheduler.name == "asha":
@@ -264,7 +284,7 @@ def run_sweep(spec: dict[str, Any], address: str | None, resume: bool) -> tuple[
         tuner = tune.Tuner.restore(spec["experiment_dir"], make_trainable(spec),
                                    resume_unfinished=True, resume_errored=True)
     else:
-        tuner = build_tuner(spec)
+        tuner = build_tuner(spec, on_cluster=address is not None)
     try:
         results = tuner.fit()
     except KeyboardInterrupt:

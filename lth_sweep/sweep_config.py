@@ -3,6 +3,8 @@ objective, per-trial resources, W&B and storage. Validated completely before Ray
 
 from __future__ import annotations
 
+import itertools
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,7 +71,8 @@ class Distribution(Section):
 class SearchConfig(Section):
     space: dict[str, Distribution] = Field(default_factory=dict)
     num_samples: int = Field(default=8, ge=1)
-    max_concurrent: int | None = Field(default=None, ge=1, description="None = as many as resources allow")
+    max_concurrent: int | None = Field(default=None, ge=1,
+                                       description="None = as many as fit this machine (every sample on a cluster)")
     sampler: Literal["tpe", "gp", "random", "nsga2"] = "tpe"
     seed: int = 0
 
@@ -112,10 +115,12 @@ class SweepConfig(Section):
 
     @model_validator(mode="after")
     def _compatible(self) -> SweepConfig:
+        # UserError, not ValueError: pydantic passes it through with the key that is wrong
         if self.objective.name == "pareto" and self.scheduler.name == "asha":
-            raise ValueError("scheduler asha needs a single objective; pareto is multi-objective")
-        if self.objective.name == "pareto" and self.search.sampler in ("gp",):
-            raise ValueError("objective pareto needs sampler nsga2, tpe or random")
+            raise UserError("scheduler.name", "asha needs a single objective, and objective pareto is "
+                                              "multi-objective; allowed with pareto: fifo")
+        if self.objective.name == "pareto" and self.search.sampler == "gp":
+            raise UserError("search.sampler", "gp is single-objective here; allowed with pareto: nsga2, tpe, random")
         return self
 
 
@@ -153,8 +158,13 @@ SWEEP_KEYS = ("search.", "objective.", "scheduler.", "resources.", "wandb.", "st
               "max_failures", "experiment")
 
 
+MAX_CORNERS = 4096
+
+
 def check_space(experiment: dict[str, Any], space: dict[str, Distribution]) -> ExperimentConfig:
-    """Every bound (or choice) of every searched key, alone and all together, is a valid experiment."""
+    """Every bound (or choice) of every searched key is a valid experiment, alone and in every
+    combination with the others' bounds (up to MAX_CORNERS combinations, then the all-low and
+    all-high ones), so no trial can draw a config that fails."""
     base = build_experiment(experiment)
     for key, dist in space.items():
         for value in dist.extremes():
@@ -162,13 +172,20 @@ def check_space(experiment: dict[str, Any], space: dict[str, Distribution]) -> E
                 build_experiment(experiment, {key: value})
             except UserError as err:
                 raise UserError(f"search.space.{key}", f"value {value!r} is not allowed: {err.message}") from None
-    for corner in (0, -1):
-        values = {key: dist.extremes()[corner] for key, dist in space.items()}
+    extremes = {key: dist.extremes() for key, dist in space.items()}
+    if math.prod(len(v) for v in extremes.values()) <= MAX_CORNERS:
+        corners = itertools.product(*extremes.values())
+    else:
+        corners = iter([tuple(v[0] for v in extremes.values()), tuple(v[-1] for v in extremes.values())])
+    for corner in corners:
+        values = dict(zip(extremes, corner, strict=True))
         try:
             build_experiment(experiment, values)
         except UserError as err:
-            raise UserError(f"search.space.{err.key}", f"the space's {'lower' if corner == 0 else 'upper'} "
-                                                        f"corner is not allowed: {err.message}") from None
+            together = ", ".join(f"{k}={v!r}" for k, v in values.items())
+            key = err.key if err.key in space else next(iter(space))
+            raise UserError(f"search.space.{key}", f"the space allows {together}, which is not a valid "
+                                                   f"experiment: {err.message}") from None
     return base
 
 
@@ -178,8 +195,16 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
     tree = read_yaml(path, "sweep")
     overrides = overrides or {}
     for key, value in overrides.items():
-        if key.startswith(SWEEP_KEYS):
+        if key.startswith("search.space."):  # the space's own keys are dotted: search.space.prune.rate.uniform
+            searched, _, kind = key.removeprefix("search.space.").rpartition(".")
+            if kind not in ("uniform", "loguniform", "int", "choice") or not searched:
+                raise UserError(key, "set a searched key's distribution as search.space.KEY.KIND=VALUE "
+                                     "with KIND one of uniform, loguniform, int, choice")
+            tree.setdefault("search", {}).setdefault("space", {})[searched] = {kind: value}
+        elif key.startswith(SWEEP_KEYS):
             set_dotted(tree, key, value)
+    if not isinstance((tree.get("search") or {}).get("space", {}), dict):
+        raise UserError("search.space", "must map dotted experiment keys to distributions")
     try:
         sweep = SweepConfig.model_validate(tree)
     except ValidationError as err:

@@ -1,6 +1,15 @@
 """W&B for one trial: one run per trial (stable id, resumed on restart), round metrics against `round`,
 validation curves against a global iteration. W&B trouble never fails a trial: the first error is
-logged and tracking switches off for that trial."""
+logged and tracking switches off for that trial.
+
+Every row is logged at an explicit W&B step derived from the trial's global iteration (a curve point
+at 2 * iteration, round r's record just after its last point, at 2 * (r + 1) * iterations_per_round + 1;
+charts use `round` and `curve/iteration` as their x-axes), so a restarted trial may log a round again
+without duplicating it:
+W&B drops rows whose step is not past the run's last one (online at once, offline when the run
+folders are synced in order). Rows are only known to be on disk once the run is finished, so that
+is when `logged_rounds.json` advances; a trial killed before then logs its rounds again.
+"""
 
 from __future__ import annotations
 
@@ -48,11 +57,14 @@ class Tracker:
     """Logs one trial to W&B; `logged_rounds_path` remembers which rounds reached W&B."""
 
     def __init__(self, settings: WandbConfig, group: str, run_id: str, run_name: str,
-                 config: dict[str, Any], directory: Path, objective_mode: str | None) -> None:
+                 config: dict[str, Any], directory: Path, objective_mode: str | None,
+                 iterations_per_round: int) -> None:
         self.run = None
         self.mode = resolve_mode(settings.mode)
+        self.iterations_per_round = iterations_per_round
         self.logged_rounds_path = directory / "logged_rounds.json"
-        self.logged_round = -1
+        self.logged_round = -1  # flushed to W&B's files by a finished run
+        self.pending_round = -1  # handed to W&B in this process
         if self.mode == "disabled":
             return
         if self.logged_rounds_path.exists():
@@ -83,21 +95,21 @@ class Tracker:
 
     def log_round(self, record: dict[str, Any], extra: dict[str, Any]) -> None:
         """Logs a round unless it already reached W&B before a restart."""
-        if record["round"] <= self.logged_round:
+        if record["round"] <= self.logged_round or self.run is None:
             return
-        if self.run is not None:
-            try:
-                self.run.log({**scalar_metrics(record), **extra})
-            except Exception as err:  # noqa: BLE001
-                self._give_up(err)
-        self.logged_round = record["round"]
-        write_text(self.logged_rounds_path, json.dumps({"round": self.logged_round}))
+        try:
+            self.run.log({**scalar_metrics(record), **extra},
+                         step=2 * (record["round"] + 1) * self.iterations_per_round + 1)
+            self.pending_round = record["round"]
+        except Exception as err:  # noqa: BLE001
+            self._give_up(err)
 
-    def log_curve(self, values: dict[str, float]) -> None:
+    def log_curve(self, values: dict[str, float], global_iteration: int) -> None:
+        """A validation point of the ticket's training, at its global iteration."""
         if self.run is None:
             return
         try:
-            self.run.log({f"curve/{k}": v for k, v in values.items()})
+            self.run.log({f"curve/{k}": v for k, v in values.items()}, step=2 * global_iteration)
         except Exception as err:  # noqa: BLE001
             self._give_up(err)
 
@@ -109,6 +121,9 @@ class Tracker:
 
             self.run.finish()
             wandb.teardown()  # stop W&B's service now, not in an atexit hook of a worker Ray is killing
+            if self.pending_round > self.logged_round:
+                self.logged_round = self.pending_round
+                write_text(self.logged_rounds_path, json.dumps({"round": self.logged_round}))
         except Exception as err:  # noqa: BLE001
             log.warning("W&B finish failed: %s", err)
         self.run = None
