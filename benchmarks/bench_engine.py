@@ -12,20 +12,21 @@ Two workloads, on synthetic data (no dataset is loaded), every prunable layer at
 an nn.Module with `torch.nn.utils.prune.custom_from_mask`, torch.optim, `loss.item()` every step.
 `engine` rows: the real classes (`build_experiment`, `Population`, `PhaseTrainer`); the step loop is
 `PhaseTrainer.run` itself. Only `track` (the validation pass at the end of `run`) is replaced by a
-device sync, so no evaluation runs in the timed region. A row's step time is the difference of two
-`run` calls of n1 and n1 + N steps (each inside one epoch), which cancels the per-call fixed cost;
-the per-epoch data-order cost (`epoch_order`) is timed on its own and added once per epoch.
+device sync, so no evaluation runs in the timed region. Rows are timed in blocks, round-robin, and
+a row's step time is the median over its blocks; an engine block is two `run` calls of n1 and n1 + m
+steps (each from the start of its own epoch), differenced so that the per-call fixed cost cancels.
+The per-epoch data-order cost (`epoch_order`) is timed on its own and added once per epoch.
 
-Needs only torch, numpy, pydantic and PyYAML (no Ray, W&B, Optuna, click or mnist1d). If torchvision
-is missing, `lth_sweep.data` (which imports it at module level) is imported behind a stub that says
-so in the header; no torchvision code is used here.
+Needs only torch, numpy, pydantic and PyYAML (no Ray, W&B, Optuna, click, mnist1d or torchvision).
+
+The engine sets global backend flags when a trainer is built on CUDA (TF32, cudnn.benchmark); every
+row runs with the flags it was built under (the reference with PyTorch's defaults).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.machinery
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ import sys
 import time
 import types
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,42 +55,10 @@ MASK_SEED = 1234
 # ----------------------------------------------------------------------------------------- engine import
 
 
-def _install_torchvision_stub() -> None:
-    """Just enough of `torchvision.datasets` for `lth_sweep.data` to import; any use raises."""
-
-    class _Missing:
-        base_folder = "cifar-10-batches-py"
-        meta = {"filename": "batches.meta", "key": "label_names", "md5": None}
-        train_list: list = []
-        test_list: list = []
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            raise ModuleNotFoundError("torchvision is not installed (stubbed by benchmarks/bench_engine.py)")
-
-    tv = types.ModuleType("torchvision")
-    datasets = types.ModuleType("torchvision.datasets")
-    for name in ("CIFAR10", "MNIST", "FashionMNIST"):
-        setattr(datasets, name, type(name, (_Missing,), {}))
-    tv.__spec__ = importlib.machinery.ModuleSpec("torchvision", None)
-    datasets.__spec__ = importlib.machinery.ModuleSpec("torchvision.datasets", None)
-    tv.datasets = datasets
-    sys.modules["torchvision"] = tv
-    sys.modules["torchvision.datasets"] = datasets
-
-
-def import_engine() -> tuple[types.SimpleNamespace, str | None]:
-    """The engine modules, and a note when torchvision had to be stubbed for `lth_sweep.data`."""
+def import_engine() -> types.SimpleNamespace:
+    """The engine's modules (imported here so that `--help` works without the repository on the path)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    note = None
-    try:
-        import lth_sweep.data  # noqa: F401
-    except ModuleNotFoundError as err:
-        if err.name != "torchvision":
-            raise
-        _install_torchvision_stub()
-        note = ("torchvision is not installed: lth_sweep.data imports it at module level, so it was "
-                "imported behind a stub (this benchmark loads no dataset)")
     from lth_sweep import pruning
     from lth_sweep.config import build_experiment
     from lth_sweep.data import DatasetSplits
@@ -96,10 +66,9 @@ def import_engine() -> tuple[types.SimpleNamespace, str | None]:
     from lth_sweep.population import Population
     from lth_sweep.train import EarlyStop, Evaluation, PhaseTrainer
 
-    engine = types.SimpleNamespace(pruning=pruning, build_experiment=build_experiment, DatasetSplits=DatasetSplits,
-                                   build_model=build_model, Population=Population, EarlyStop=EarlyStop,
-                                   Evaluation=Evaluation, PhaseTrainer=PhaseTrainer)
-    return engine, note
+    return types.SimpleNamespace(pruning=pruning, build_experiment=build_experiment, DatasetSplits=DatasetSplits,
+                                 build_model=build_model, Population=Population, EarlyStop=EarlyStop,
+                                 Evaluation=Evaluation, PhaseTrainer=PhaseTrainer)
 
 
 # ----------------------------------------------------------------------------------------- workloads
@@ -157,6 +126,21 @@ class Row:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class BackendFlags:
+    """The global backend flags a row was built under, put back before each of its timed calls."""
+
+    def __init__(self) -> None:
+        self.values = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                       torch.backends.cudnn.benchmark)
+
+    def apply(self) -> None:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = self.values
+
+    def describe(self) -> str:
+        return f"tf32 matmul {self.values[0]}, tf32 conv {self.values[1]}, cudnn.benchmark {self.values[2]}"
 
 
 def synthetic_data(w: Workload, n_eval: int = 1000) -> dict[str, torch.Tensor]:
@@ -236,6 +220,9 @@ class ReferenceRunner:
         self.batches = iter(self.loader)
         self.running, self.steps = 0.0, 0
         self.note = f"DataLoader num_workers={workers}" + (", per-sample crop+flip" if w.augment else "")
+        self.flags = BackendFlags()  # PyTorch's defaults: built before any engine trainer
+        if device.type == "cuda":
+            self.note += f"; {self.flags.describe()}"
 
     def train(self, n: int) -> None:
         for _ in range(n):
@@ -253,10 +240,12 @@ class ReferenceRunner:
             self.steps += 1
 
     def warm(self, n: int) -> None:
+        self.flags.apply()
         self.train(n)
 
     def block(self, m: int) -> float:
         """Seconds per step over m steps."""
+        self.flags.apply()
         sync(self.device)
         t0 = time.perf_counter()
         self.train(m)
@@ -295,6 +284,7 @@ class EngineRunner:
         self.masks = half_masks(engine, pop)
         pop.apply_masks(self.masks)
         self.trainer = TimedTrainer(config, data, pop, self.masks, seeds)
+        self.flags = BackendFlags()  # as PhaseTrainer set them
         assert self.trainer.steps_per_epoch == spe, (self.trainer.steps_per_epoch, spe)
         self.next_epoch = 1
 
@@ -308,6 +298,7 @@ class EngineRunner:
         return time.perf_counter() - t0
 
     def warm(self, n: int) -> None:
+        self.flags.apply()
         self.run(0, n)  # CUDA graphs: 3 eager steps on a side stream, capture at the 4th, then replays
 
     def block(self, m: int) -> float:
@@ -317,6 +308,7 @@ class EngineRunner:
         n1 = max(1, m // 5)
         e = self.next_epoch
         self.next_epoch += 2
+        self.flags.apply()
         short = self.run(e * spe, n1)
         long = self.run((e + 1) * spe, n1 + m)
         return max(long - short, 0.0) / m
@@ -334,6 +326,10 @@ class EngineRunner:
 
     def finish(self) -> tuple[float, str]:
         trainer, notes = self.trainer, []
+        if self.device.type == "cuda":
+            bf16 = trainer.autocast is not nullcontext
+            notes.append(f"graph {trainer.graph is not None}, bf16 {bf16}, channels_last "
+                         f"{getattr(trainer, 'channels_last', False)}, {self.flags.describe()}")
         if self.graph and self.device.type == "cuda" and trainer.graph is None:
             notes.append("CUDA graph capture FAILED -> eager")
         loss = trainer.train_loss()
@@ -347,17 +343,67 @@ class EngineRunner:
         return sum(loss) / len(loss), "; ".join(notes)
 
 
+def build_runners(engine: types.SimpleNamespace, w: Workload, cpu: dict[str, torch.Tensor], data: Any,
+                  device: torch.device, engine_rows: list[tuple[str, int, bool, bool]],
+                  workers: int) -> tuple[list[Any], list[Row]]:
+    """The reference runner first, then one per engine row; a row that cannot be built is a FAILED row."""
+    runners: list[Any] = []
+    failures: list[Row] = []
+    for label, k, graph, bf16 in [("reference", 1, False, False), *engine_rows]:
+        try:
+            if label == "reference":
+                runners.append(ReferenceRunner(engine, w, cpu, device, workers))
+            else:
+                runners.append(EngineRunner(engine, w, data, device, k, graph, bf16, label))
+        except Exception as err:  # noqa: BLE001 - report the row as failed, measure the others
+            print(f"  ! {label}: {type(err).__name__}: {err}".splitlines()[0][:240], flush=True)
+            failures.append(failed_row(w, label, k, err))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return runners, failures
+
+
+def failed_row(w: Workload, label: str, k: int, err: BaseException) -> Row:
+    nan = float("nan")
+    message = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+    return Row(w.key, label, k, nan, nan, nan, note=f"FAILED: {message}")
+
+
 def measure(w: Workload, runners: list[Any], warmup: int, blocks: int, per_block: int) -> list[Row]:
     """Warm every runner, then time `blocks` rounds of `per_block` steps, round-robin over the runners
-    (so that a slow spell of a shared machine hits every row alike); a row's step time is its median."""
-    for runner in runners:
-        runner.warm(warmup)
+    (so that a slow spell of a shared machine hits every row alike); a row's step time is its median.
+    A runner that raises becomes a FAILED row and the others go on."""
+    failed: dict[int, BaseException] = {}
+
+    def attempt(i: int, fn: Callable[[], Any]) -> Any:
+        if i in failed:
+            return None
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - one broken row must not lose the others' numbers
+            failed[i] = err
+            print(f"\n  ! {runners[i].config}: {type(err).__name__}: {err}".splitlines()[1][:240], flush=True)
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            return None
+
+    t0 = time.perf_counter()
+    for i, runner in enumerate(runners):
+        attempt(i, lambda runner=runner: runner.warm(warmup))
+    print(f"  warm-up {time.perf_counter() - t0:.1f} s; blocks:", end="", flush=True)
     samples: list[list[float]] = [[] for _ in runners]
-    for _ in range(blocks):
-        for runner, times in zip(runners, samples, strict=True):
-            times.append(runner.block(per_block))
+    for b in range(blocks):
+        for i, runner in enumerate(runners):
+            value = attempt(i, lambda runner=runner: runner.block(per_block))
+            if value is not None:
+                samples[i].append(value)
+        print(f" {b + 1}", end="", flush=True)
+    print(f" ({time.perf_counter() - t0:.1f} s)", flush=True)
     rows = []
-    for runner, times in zip(runners, samples, strict=True):
+    for i, (runner, times) in enumerate(zip(runners, samples, strict=True)):
+        if i in failed:
+            rows.append(failed_row(w, runner.config, runner.k, failed[i]))
+            continue
         step_s = statistics.median(times)
         order_s = runner.per_epoch_seconds()
         epoch_s = step_s * w.steps_per_epoch + order_s
@@ -388,7 +434,7 @@ def make_plan(args: argparse.Namespace, device: torch.device) -> Plan:
         resnet = (6, 2, 8) if args.quick else (10, 3, 20)  # >= 50 timed steps per row
     else:
         lenet_ks = [8, 32] if args.cpu_k32 else [8]
-        lenet = (5, 2, 20) if args.quick else (20, 5, 80)
+        lenet = (10, 3, 20) if args.quick else (20, 5, 80)
         resnet = (1, 1, 2) if args.quick else (2, 1, 5)
     if args.steps:  # total timed steps per row, split over the same number of blocks
         lenet = (lenet[0], lenet[1], max(1, args.steps // lenet[1]))
@@ -433,17 +479,31 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def load_note() -> str | None:
-    """A warning when other processes keep the CPUs busy (the numbers then come out low and noisy)."""
-    try:
-        one_minute = os.getloadavg()[0]
-    except OSError:
-        return None
-    cores = os.cpu_count() or 1
-    if one_minute < 0.5 * cores:
-        return None
-    return (f"1-minute load average {one_minute:.1f} on {cores} cores: other processes are using the CPUs, "
-            "so these timings are low and noisy")
+class OtherCpuUse:
+    """The share of the machine's CPU time used by other processes between start and `share()`:
+    busy time from /proc/stat less this process's own CPU time (Linux only; None elsewhere)."""
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / hz  # all but idle and iowait
+        own = sum(os.times()[:4])
+        return time.monotonic(), busy, own
+
+    def share(self) -> float | None:
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        wall = end[0] - self.start[0]
+        others = (end[1] - self.start[1]) - (end[2] - self.start[2])
+        return max(others, 0.0) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
 
 
 def fmt_num(value: float) -> str:
@@ -451,6 +511,8 @@ def fmt_num(value: float) -> str:
 
 
 def fmt_row(r: Row) -> str:
+    if not math.isfinite(r.ms_per_step):
+        return f"  {r.config:<26} {r.k:>4} {'-':>9} {'-':>9} {'-':>9} {'-':>11} {'-':>8}  {r.note}"
     speed = "-" if r.speedup is None else f"{r.speedup:.2f}x"
     order = "-" if r.config == "reference" else f"{r.order_ms_per_epoch:.1f}"
     return (f"  {r.config:<26} {r.k:>4} {r.ms_per_step:>9.3f} {fmt_num(r.s_per_epoch):>9} {order:>9} "
@@ -461,17 +523,27 @@ HEADER = (f"  {'config':<26} {'K':>4} {'ms/step':>9} {'s/epoch':>9} {'order ms':
           f"{'vs ref':>8}")
 
 
+def ok(r: Row) -> bool:
+    return math.isfinite(r.model_epochs_per_s)
+
+
 def best(rows: list[Row], workload: str, pred: Callable[[Row], bool]) -> Row | None:
+    """The fastest measured row that matches; a failed row only when every match failed."""
     found = [r for r in rows if r.workload == workload and pred(r)]
-    return max(found, key=lambda r: r.model_epochs_per_s) if found else None
+    measured = [r for r in found if ok(r)]
+    if measured:
+        return max(measured, key=lambda r: r.model_epochs_per_s)
+    return found[0] if found else None
 
 
 def checks(rows: list[Row], device: torch.device) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
-    def add(target: str, ok: bool | None, detail: str) -> None:
-        out.append({"target": target, "status": "N/A" if ok is None else ("PASS" if ok else "MISS"),
-                    "detail": detail})
+    def add(target: str, passed: bool, detail: str, *needed: Row) -> None:
+        broken = [r for r in needed if not ok(r)]
+        if broken:
+            passed, detail = False, "FAILED row(s): " + ", ".join(f"{r.workload} {r.config}" for r in broken)
+        out.append({"target": target, "status": "PASS" if passed else "MISS", "detail": detail})
 
     engine_rows = [r for r in rows if r.config != "reference"]
     if device.type == "cpu":
@@ -481,31 +553,35 @@ def checks(rows: list[Row], device: torch.device) -> list[dict[str, Any]]:
         if ref and k1:
             ratio = k1.model_epochs_per_s / ref.model_epochs_per_s
             add("CPU LeNet: engine K=1 >= 4x reference", ratio >= 4,
-                f"{ratio:.2f}x ({k1.s_per_epoch:.3f} vs {ref.s_per_epoch:.3f} s/epoch)")
+                f"{ratio:.2f}x ({k1.s_per_epoch:.3f} vs {ref.s_per_epoch:.3f} s/epoch)", ref, k1)
         if k1 and k8:
             ratio = k8.model_epochs_per_s / k1.model_epochs_per_s
             add("CPU LeNet: K=8 model-epochs/s >= 1.5x K=1", ratio >= 1.5,
-                f"{ratio:.2f}x ({k8.model_epochs_per_s:.3f} vs {k1.model_epochs_per_s:.3f} model-epochs/s)")
+                f"{ratio:.2f}x ({k8.model_epochs_per_s:.3f} vs {k1.model_epochs_per_s:.3f} model-epochs/s)", k1, k8)
         return out
     k1 = best(rows, "lenet", lambda r: r.config != "reference" and r.k == 1)
     if k1:
-        add("GPU LeNet: K=1 <= 0.2 s/epoch", k1.s_per_epoch <= 0.2,
-            f"{k1.s_per_epoch:.3f} s/epoch ({k1.config})")
+        add("GPU LeNet: K=1 <= 0.2 s/epoch", k1.s_per_epoch <= 0.2, f"{k1.s_per_epoch:.3f} s/epoch ({k1.config})", k1)
     k128 = best(rows, "lenet", lambda r: r.k == 128)
     if k128:
         add("GPU LeNet: K=128 >= 100 model-epochs/s", k128.model_epochs_per_s >= 100,
-            f"{k128.model_epochs_per_s:.1f} model-epochs/s")
+            f"{k128.model_epochs_per_s:.1f} model-epochs/s", k128)
     res1 = best(rows, "resnet", lambda r: r.config != "reference" and r.k == 1)
     if res1:
         add("GPU ResNet-20: best single-model row <= 1.0 s/epoch", res1.s_per_epoch <= 1.0,
-            f"{res1.s_per_epoch:.3f} s/epoch ({res1.config})")
+            f"{res1.s_per_epoch:.3f} s/epoch ({res1.config})", res1)
     if engine_rows:
-        slow = [r for r in engine_rows if r.speedup is not None and r.speedup < 10]
-        worst = min((r for r in engine_rows if r.speedup is not None), key=lambda r: r.speedup, default=None)
+        rated = [r for r in engine_rows if r.speedup is not None]
+        slow = [r for r in rated if r.speedup < 10]
+        worst = min(rated, key=lambda r: r.speedup, default=None)
         detail = "" if worst is None else f"lowest {worst.speedup:.1f}x ({worst.workload} {worst.config})"
         if slow:
             detail += "; under 10x: " + ", ".join(f"{r.workload} {r.config} {r.speedup:.1f}x" for r in slow)
-        add("GPU: every engine row >= 10x its reference", not slow, detail)
+        unrated = [r for r in engine_rows if r.speedup is None]
+        if unrated:
+            detail += "; not rated (row or its reference failed): " + ", ".join(
+                f"{r.workload} {r.config}" for r in unrated)
+        add("GPU: every engine row >= 10x its reference", not slow and not unrated, detail.lstrip("; "))
     return out
 
 
@@ -534,10 +610,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="  [%(name)s] %(message)s")
-    engine, stub_note = import_engine()
+    engine = import_engine()
     plan = make_plan(args, device)
     info = device_info(device)
     started = time.perf_counter()
+    other_cpu = OtherCpuUse()
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
     print(f"lth-sweep engine benchmark  {when}")
@@ -546,11 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {info['torch']}, python {info['python']}, torch threads {info['threads']}, "
           f"masks at density {DENSITY}, reference DataLoader num_workers={args.ref_workers}"
           + (", --quick" if args.quick else ""))
-    if stub_note:
-        print(f"NOTE: {stub_note}")
-    load = load_note()
-    if load:
-        print(f"WARNING: {load}")
+    print(f"1-minute load average before the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
     rows: list[Row] = []
     workloads: list[tuple[Workload, list[tuple[str, int, bool, bool]], tuple[int, int, int]]] = []
@@ -574,13 +647,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{per_block} timed steps (round-robin over rows, median)", flush=True)
         cpu = synthetic_data(w)
         data = device_splits(engine, w, cpu, device)
-        runners: list[Any] = [ReferenceRunner(engine, w, cpu, device, args.ref_workers)]
-        runners += [EngineRunner(engine, w, data, device, k, graph, bf16, label)
-                    for label, k, graph, bf16 in engine_rows]
-        measured = measure(w, runners, warmup, blocks, per_block)
-        ref = measured[0]
+        runners, build_failures = build_runners(engine, w, cpu, data, device, engine_rows, args.ref_workers)
+        measured = measure(w, runners, warmup, blocks, per_block) + build_failures
+        ref = next((r for r in measured if r.config == "reference"), None)
         for row in measured:
-            row.speedup = row.model_epochs_per_s / ref.model_epochs_per_s
+            if ref is not None and math.isfinite(ref.model_epochs_per_s) and math.isfinite(row.model_epochs_per_s):
+                row.speedup = row.model_epochs_per_s / ref.model_epochs_per_s
         rows += measured
         print(HEADER)
         for row in measured:
@@ -595,17 +667,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {c['status']:<4}  {c['target']}: {c['detail']}")
     total = time.perf_counter() - started
     print(f"\ntotal {total:.1f} s")
-    load = load_note()
-    if load:
-        print(f"WARNING (at the end): {load}")
+    others = other_cpu.share()
+    if others is not None:
+        print(f"other processes used {100 * others:.0f}% of the {os.cpu_count()} CPUs during the run"
+              + (" -- the machine was shared: timings are low and noisy" if others > 0.1 else ""))
     if args.json:
-        payload = {"date": when, "argv": sys.argv, "device": info, "torchvision_stubbed": bool(stub_note),
-                   "load_average": os.getloadavg(), "density": DENSITY, "ref_workers": args.ref_workers,
-                   "quick": args.quick,
+        payload = {"date": when, "argv": sys.argv, "device": info, "load_average": os.getloadavg(),
+                   "other_cpu_share": others, "density": DENSITY,
+                   "ref_workers": args.ref_workers, "quick": args.quick,
                    "rows": [asdict(r) for r in rows], "checks": results, "seconds": total}
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")
-    return 0
+    return 1 if any(not ok(r) for r in rows) else 0
 
 
 if __name__ == "__main__":

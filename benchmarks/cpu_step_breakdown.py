@@ -5,14 +5,15 @@
 
 The engine's phases are timed by re-running the body of `PhaseTrainer._forward_backward` (copied
 here with timers between its parts), so this file must follow that method if it changes. Also times
-the engine's Adam against `torch._fused_adam_` on the same state, and `sqrt` on a tensor that is half
-zeros (the Adam second moment of a 50%-dense layer) against one without zeros.
+`sqrt` on a tensor that is half zeros (the Adam second moment of a 50%-dense layer, which
+torch.optim.Adam's CPU path takes the square root of every step) against one without zeros.
 Each number is the median over blocks of the mean per step in a block, in microseconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -58,12 +59,12 @@ def engine_phases(engine, data, k: int, dense: bool, blocks: int, steps: int) ->
         logits = self.pop(x).float()
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(kk, b).mean(1)
         t2 = time.perf_counter()
-        grads = torch.autograd.grad(loss.sum(), list(self.pop.params.values()))
+        grads = [g.contiguous() for g in torch.autograd.grad(loss.sum(), list(self.pop.params.values()))]
         t3 = time.perf_counter()
         grad_of = dict(zip(self.pop.params, grads, strict=True))
         torch._foreach_mul_([grad_of[n] for n in self.mask_names], self.masks)
         t4 = time.perf_counter()
-        self.optimizer.step(list(grads))
+        self.optimizer.step(grads)
         t5 = time.perf_counter()
         with torch.no_grad():
             torch._foreach_mul_(self.masked_params, self.masks)
@@ -88,25 +89,7 @@ def engine_phases(engine, data, k: int, dense: bool, blocks: int, steps: int) ->
         t["total"] = time.perf_counter() - start
         for name, v in t.items():
             acc[name].append(v / steps * 1e6)
-    out = {name: statistics.median(v) for name, v in acc.items()}
-    # the engine's Adam against torch's fused CPU Adam, on this population's (masked) state
-    opt = tr.optimizer
-    grads = [p.detach().clone() * 1e-3 for p in opt.params]
-    for g, name in zip(grads, pop.params, strict=True):
-        if name in masks:
-            g.mul_(masks[name])
-    params = [p.detach().clone() for p in opt.params]
-    exp_avg = [t.clone() for t in opt.exp_avg]
-    exp_avg_sq = [t.clone() for t in opt.exp_avg_sq]
-    steps_t = [opt.steps[0].clone() for _ in params]
-
-    def fused() -> None:
-        torch._fused_adam_(params, grads, exp_avg, exp_avg_sq, [], steps_t, lr=opt.lr, beta1=0.9, beta2=0.999,
-                           weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
-
-    out["engine Adam alone"] = median_us(lambda: opt.step(grads), blocks, steps)
-    out["torch._fused_adam_"] = median_us(fused, blocks, steps)
-    return out
+    return {name: statistics.median(v) for name, v in acc.items()}
 
 
 def reference_phases(engine, cpu, blocks: int, steps: int) -> dict[str, float]:
@@ -151,15 +134,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40, help="steps per block")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    engine, note = bench.import_engine()
+    engine = bench.import_engine()
     info = bench.device_info(torch.device("cpu"))
     print(f"{info['name']}; torch {info['torch']}; {torch.get_num_threads()} thread(s); "
           f"LeNet-300-100 batch 60, masks at density {bench.DENSITY}")
-    if note:
-        print(f"NOTE: {note}")
-    load = bench.load_note()
-    if load:
-        print(f"WARNING: {load}")
+    other_cpu = bench.OtherCpuUse()
     cpu = bench.synthetic_data(bench.LENET)
     data = bench.device_splits(engine, bench.LENET, cpu, torch.device("cpu"))
 
@@ -175,9 +154,13 @@ def main() -> int:
     n = 300 * 784
     nonzero = torch.rand(n) * 1e-6 + 1e-9
     half_zero = nonzero * (torch.rand(n) < 0.5)
-    print(f"\nsqrt of {n} floats (us): no zeros {median_us(nonzero.sqrt, args.blocks, 50):.0f}, "
+    print(f"\nsqrt of {n} floats, as in torch.optim.Adam's CPU step (us): "
+          f"no zeros {median_us(nonzero.sqrt, args.blocks, 50):.0f}, "
           f"half zeros {median_us(half_zero.sqrt, args.blocks, 50):.0f}, "
           f"all zeros {median_us(torch.zeros(n).sqrt, args.blocks, 50):.0f}")
+    others = other_cpu.share()
+    if others is not None:
+        print(f"other processes used {100 * others:.0f}% of the {os.cpu_count()} CPUs during the run")
     return 0
 
 

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark in one go, for a machine with torch only (no Ray, Optuna, W&B).
+# Usage: bash benchmarks/run_gpu.sh OUT_DIR   (wheels for missing pure-Python packages may lie in .gpu_wheels/)
+set -u
+out=${1:-gpu_results}; mkdir -p "$out"
+cd "$(dirname "$0")/.."
+if ! python3 -c "import pydantic, mnist1d" 2>/dev/null && [ -d .gpu_wheels ]; then
+  python3 -m pip install -q --no-index --no-deps .gpu_wheels/*.whl 2>&1 | tail -2
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
+section() { echo; echo "=== $1"; }
+section "correctness: graph vs eager, stacked vs alone, masks"
+timeout 120 python3 benchmarks/gpu_checks.py 2>&1 | tee "$out/gpu_checks.txt"
+section "engine vs reference loop"
+timeout 240 python3 benchmarks/bench_engine.py --device cuda --json "$out/bench_engine.json" 2>&1 | tee "$out/bench_engine.txt"
+section "packing trials on one GPU"
+timeout 110 python3 benchmarks/bench_packing.py --procs 1 2 4 8 --steps 300 2>&1 | tee "$out/bench_packing.txt"
+section "a real trial on the GPU (MNIST-1D, 3 rounds, 4 replicates)"
+timeout 60 python3 -m lth_sweep.cli run sweeps/experiments/mnist1d_mlp.yaml --set device=cuda \
+  --set prune.rounds=3 --set replicates=4 --out /tmp/lth_gpu_trial 2>&1 | tee "$out/trial.txt"
