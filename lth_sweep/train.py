@@ -12,6 +12,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -95,6 +96,29 @@ def evaluate(pop: Population, x: torch.Tensor, y: torch.Tensor, autocast) -> tup
         correct += (logits.argmax(-1) == yb).sum(1)
     pop.train(True)
     return loss_sum / len(x), correct / len(x)
+
+
+class EpochOrders:
+    """Epoch orders, the next one drawn on a background thread while the GPU trains on the current
+    one (K permutations of the training set cost ~0.3 s at K = 128, a graphed LeNet epoch ~1 s)."""
+
+    def __init__(self, trainer: PhaseTrainer, prefetch: bool) -> None:
+        self.trainer = trainer
+        self.pool = ThreadPoolExecutor(max_workers=1) if prefetch else None
+        self.pending: tuple[int, Future] | None = None
+
+    def get(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.pending is not None and self.pending[0] == epoch:
+            order = self.pending[1].result()
+        else:
+            order = self.trainer.epoch_order(epoch)
+        if self.pool is not None and (epoch + 1) * self.trainer.steps_per_epoch < self.trainer.total:
+            self.pending = (epoch + 1, self.pool.submit(self.trainer.epoch_order, epoch + 1))
+        return order
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
 
 
 class PhaseTrainer:
@@ -218,10 +242,11 @@ class PhaseTrainer:
         spe = self.steps_per_epoch
         order = None
         lr_now = None
+        orders = EpochOrders(self, prefetch=self.pop.device.type == "cuda")
         for it in range(start, self.total):
             epoch, pos = divmod(it, spe)
             if order is None or pos == 0:
-                order = self.epoch_order(epoch)
+                order = orders.get(epoch)
                 self.loss_sum.zero_()
                 self.loss_steps = 0
             if it == rewind_at and on_rewind_point is not None:
@@ -243,6 +268,7 @@ class PhaseTrainer:
                     on_eval(evaluation)
             if done % spe == 0 and done < self.total:
                 on_epoch_end(done, early_stop)
+        orders.close()
         return early_stop
 
     def track(self, iteration: int, early_stop: EarlyStop) -> Evaluation:
