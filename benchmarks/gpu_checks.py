@@ -72,7 +72,7 @@ def train(name: str, seeds: list[int], steps: int, graph: bool, device: torch.de
 
 
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    return max(float((a[k].detach().float() - b[k].detach().float()).abs().max()) for k in a)
 
 
 def main() -> None:
@@ -93,7 +93,7 @@ def main() -> None:
         stacked_vs_alone = max(max_diff({k: v[s:s + 1] for k, v in graph4.params.items()}, alone[s].params)
                                for s in range(4))
         rows.append((name, "stack K=4 vs alone", stacked_vs_alone))
-        leaked = max(float((graph4.params[k] * (~m)).abs().max()) for k, m in masks4.items())
+        leaked = max(float((graph4.params[k].detach() * (~m)).abs().max()) for k, m in masks4.items())
         rows.append((name, "pruned weights after training", leaked))
     print(f"{'model':<16}{'check':<32}{'max |diff|':>12}")
     for name, check, value in rows:

@@ -146,7 +146,9 @@ class PhaseTrainer:
             torch.backends.cudnn.benchmark = True
         conv_net = "conv" in pop.prunable_kinds.values()
         self.channels_last = cuda and conv_net and config.runtime.channels_last and pop.size == 1
-        use_bf16 = cuda and config.runtime.bf16 and conv_net
+        # bf16 autocast for one model; under vmap (K > 1) autocast hands BatchNorm bf16 inputs with fp32
+        # running statistics, which it refuses, so stacked conv nets train in TF32
+        use_bf16 = cuda and config.runtime.bf16 and conv_net and pop.size == 1
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
         self.use_graph = cuda and config.runtime.cuda_graph
         self.graph: torch.cuda.CUDAGraph | None = None
