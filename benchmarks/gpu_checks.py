@@ -7,8 +7,9 @@ density, from identical initial weights:
   graph vs eager   whole-step CUDA graph against the eager step, K = 1 and K = 4
   stack vs alone   K = 4 stacked replicates against each replicate trained alone (graphed)
   masks            pruned weights are still exactly zero after training
-Prints the largest absolute weight difference per check; fp32 LeNet should agree to ~1e-6 (graph vs
-eager is bitwise in practice), bf16 ResNet-20 within bf16 noise.
+Runs in fp32 without TF32 and with deterministic cuDNN algorithms, so differences are rounding only:
+prints the largest absolute weight difference per check (ResNet-20 K=1 is bf16 when graphed and eager
+alike). Few steps: SGD at lr 0.1 on random labels amplifies any rounding difference chaotically.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def train(name: str, seeds: list[int], steps: int, graph: bool, device: torch.de
           ) -> tuple[Population, pruning.Masks]:
     raw, shape, n = WORKLOADS[name]
     config = build_experiment({**raw, "train": {**raw["train"], "iterations": steps, "eval_every": 10 * steps},
-                               "runtime": {"cuda_graph": graph}, "device": device.type})
+                               "runtime": {"cuda_graph": graph, "tf32": False, "deterministic": True},
+                               "device": device.type})
     data = synthetic(shape, n, bool(config.dataset.augment), device)
     pop = Population.initialize(lambda: build_model(config.model, shape, 10), seeds, device)
     masks = half_masks(pop, seeds)
@@ -81,7 +83,7 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu (graph rows compare eager with eager)'}, "
           f"torch {torch.__version__}")
     rows = []
-    workloads = (("lenet_300_100", 200), ("resnet20", 60)) if cuda else (("lenet_300_100", 30), ("resnet20", 3))
+    workloads = (("lenet_300_100", 100), ("resnet20", 5)) if cuda else (("lenet_300_100", 30), ("resnet20", 3))
     for name, steps in workloads:
         eager1, _ = train(name, [0], steps, False, device)
         graph1, _ = train(name, [0], steps, cuda, device)

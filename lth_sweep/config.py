@@ -113,6 +113,7 @@ class RuntimeConfig(Section):
     bf16: bool = Field(default=True, description="bf16 autocast for conv nets on CUDA")
     tf32: bool = Field(default=True, description="TF32 matmuls and convolutions on CUDA")
     channels_last: bool = Field(default=True, description="NHWC activations for single-model conv nets on CUDA")
+    deterministic: bool = Field(default=False, description="deterministic cuDNN algorithms (no autotuning) on CUDA")
     checkpoint_every_epoch: bool = True
 
 

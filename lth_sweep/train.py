@@ -143,7 +143,8 @@ class PhaseTrainer:
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = config.runtime.tf32
             torch.backends.cudnn.allow_tf32 = config.runtime.tf32
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = not config.runtime.deterministic
+            torch.backends.cudnn.deterministic = config.runtime.deterministic
         conv_net = "conv" in pop.prunable_kinds.values()
         self.channels_last = cuda and conv_net and config.runtime.channels_last and pop.size == 1
         # bf16 autocast for one model; under vmap (K > 1) autocast hands BatchNorm bf16 inputs with fp32
