@@ -22,12 +22,17 @@ def is_uri(location: str) -> bool:
 def normalize(location: str) -> str:
     """Absolute local path (Ray requires one) or the URI unchanged."""
     if is_uri(location):
-        return location.rstrip("/")
+        base, sep, query = location.partition("?")
+        return base.rstrip("/") + sep + query
     return str(Path(location.removeprefix("file://")).expanduser().resolve())
 
 
 def join(location: str, *parts: str) -> str:
-    return "/".join([location.rstrip("/"), *parts]) if is_uri(location) else str(Path(location, *parts))
+    """Appends path parts; a URI's query (s3://b/p?region=x) stays at the end."""
+    if not is_uri(location):
+        return str(Path(location, *parts))
+    base, sep, query = location.partition("?")
+    return "/".join([base.rstrip("/"), *parts]) + sep + query
 
 
 def exists(location: str) -> bool:

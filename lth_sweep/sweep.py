@@ -207,8 +207,9 @@ def build_tuner(spec: dict[str, Any], on_cluster: bool):
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_rounds,
                                   grace_period=min(sweep.scheduler.grace_rounds, max_rounds),
                                   reduction_factor=sweep.scheduler.reduction_factor)
-    experiment_dir = spec["experiment_dir"]
-    parent, name = experiment_dir.rsplit("/", 1)
+    base, sep, query = spec["experiment_dir"].partition("?")
+    parent, name = base.rsplit("/", 1)
+    parent += sep + query
     return tune.Tuner(
         make_trainable(spec),
         param_space={key: dist.to_tune() for key, dist in sweep.search.space.items()},
