@@ -51,7 +51,8 @@ def main() -> None:
     compute = sum(r["seconds"] for r in records)
     cpus = os.cpu_count() or 1
     per_trial = spec["sweep"]["resources"]["cpu"]
-    concurrency = min(max(1, int(cpus // per_trial)), spec["sweep"]["search"]["num_samples"])
+    concurrency = min(max(1, int(cpus // per_trial)), spec["sweep"]["search"]["num_samples"],
+                      spec["sweep"]["search"]["max_concurrent"] or cpus)
     ideal = compute / concurrency
     print(f"machine: {cpu_name()}, {cpus} CPUs, Python {platform.python_version()}")
     print(f"sweep {args.sweep} {' '.join(args.overrides)}: {spec['sweep']['search']['num_samples']} trials, "
