@@ -42,7 +42,7 @@ class DatasetConfig(Section):
         if self.augment is None:
             object.__setattr__(self, "augment", self.name == "cifar10")
         if self.augment and self.name == "mnist1d":
-            raise ValueError("augment (pad-4 crop and flip) needs image data; mnist1d is 1-D")
+            raise UserError("dataset.augment", "pad-4 crop and flip need image data; mnist1d is 1-D (allowed: false)")
         return self
 
 
@@ -53,7 +53,7 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _positive_widths(self) -> ModelConfig:
         if any(w < 1 for w in self.widths):
-            raise ValueError("widths must be positive integers")
+            raise UserError("model.widths", f"{self.widths}: every width must be a positive integer")
         return self
 
 
@@ -82,7 +82,7 @@ class TrainConfig(Section):
         if self.epochs is None and self.iterations is None:
             object.__setattr__(self, "epochs", 10)
         if self.epochs is not None and self.iterations is not None:
-            raise ValueError("set either epochs or iterations, not both")
+            raise UserError("train.iterations", "set either train.epochs or train.iterations, not both")
         return self
 
 
@@ -101,7 +101,7 @@ class RewindConfig(Section):
     @model_validator(mode="after")
     def _one_point(self) -> RewindConfig:
         if self.epoch is not None and self.iteration is not None:
-            raise ValueError("set either epoch or iteration, not both")
+            raise UserError("rewind.iteration", "set either rewind.epoch or rewind.iteration, not both")
         return self
 
 
