@@ -78,7 +78,8 @@ def imp_trainable(params: dict[str, Any], spec: dict[str, Any]) -> None:
     config_hash = config.config_hash()
     root = work_dir(spec, config_hash)
     engine_dir = root / "engine"
-    metric_names, modes = objective_metrics(sweep.objective)
+    _, modes = objective_metrics(sweep.objective)
+    iterations_per_round = config.iterations_per_round(config.steps_per_epoch())
     with storage.exclusive(root):
         reported = restore_engine_dir(spec, config_hash, engine_dir, tune.get_checkpoint())
         context = tune.get_context()
@@ -89,11 +90,10 @@ def imp_trainable(params: dict[str, Any], spec: dict[str, Any]) -> None:
             config={**config.model_dump(mode="json"), "searched": params, "config_hash": config_hash,
                     "sweep": sweep.name},
             directory=root / "wandb", objective_mode=None if len(modes) > 1 else modes[0],
-            iterations_per_round=config.iterations_per_round(config.steps_per_epoch()))
+            iterations_per_round=iterations_per_round)
         records: list[dict[str, Any]] = []
         node_id = ray.get_runtime_context().get_node_id()
         fail_after = os.environ.get(FAIL_ONCE_ENV)
-        total = config.iterations_per_round(config.steps_per_epoch())
 
         def report(record: dict[str, Any], trained_now: bool) -> None:
             records.append(record)
@@ -118,16 +118,16 @@ def imp_trainable(params: dict[str, Any], spec: dict[str, Any]) -> None:
         def curve(round_index: int, phase: str, evaluation: Evaluation) -> None:
             if phase != "ticket":  # a control's curve would run back over the round's steps
                 return
-            step = round_index * total + evaluation.iteration
+            step = round_index * iterations_per_round + evaluation.iteration
             tracker.log_curve({"iteration": step, "round_index": round_index,
                                "val_loss": statistics.fmean(evaluation.val_loss),
                                "val_acc": statistics.fmean(evaluation.val_acc),
                                "train_loss": statistics.fmean(evaluation.extras["train_loss"])}, step)
 
-        trial = Trial(config, engine_dir, on_round=lambda r: report(r, True), on_eval=curve)
-        for record in trial.records():
-            report(record, False)
         try:
+            trial = Trial(config, engine_dir, on_round=lambda r: report(r, True), on_eval=curve)
+            for record in trial.records():
+                report(record, False)
             trial.run()
         finally:
             tracker.finish()
