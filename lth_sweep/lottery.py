@@ -28,7 +28,7 @@ import torch
 
 from lth_sweep import pruning
 from lth_sweep.checkpoint import load_torch, save_torch, write_text
-from lth_sweep.config import ExperimentConfig, dump_yaml
+from lth_sweep.config import ExperimentConfig, dump_yaml, load_experiment
 from lth_sweep.data import DatasetSplits, load_dataset
 from lth_sweep.errors import UserError
 from lth_sweep.models import build_model
@@ -119,8 +119,6 @@ class Trial:
         """An existing directory must hold the same experiment (same config hash)."""
         saved = self.out_dir / "config.yaml"
         if saved.exists():
-            from lth_sweep.config import load_experiment
-
             previous = load_experiment(saved)
             if previous.config_hash() != self.config.config_hash():
                 raise UserError("--out", f"{self.out_dir} holds a different experiment (config "
