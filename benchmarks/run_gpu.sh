@@ -13,7 +13,7 @@ section() { echo; echo "=== $1"; }
 section "correctness: graph vs eager, stacked vs alone, masks"
 timeout 120 python3 benchmarks/gpu_checks.py 2>&1 | tee "$out/gpu_checks.txt"
 section "engine vs reference loop"
-timeout 240 python3 benchmarks/bench_engine.py --device cuda --json "$out/bench_engine.json" 2>&1 | tee "$out/bench_engine.txt"
+timeout 240 python3 benchmarks/bench_engine.py --device cuda --resnet-ks 8 32 128 --json "$out/bench_engine.json" 2>&1 | tee "$out/bench_engine.txt"
 section "packing trials on one GPU"
 timeout 110 python3 benchmarks/bench_packing.py --procs 1 2 4 8 --steps 300 2>&1 | tee "$out/bench_packing.txt"
 section "a real trial on the GPU (MNIST-1D, 3 rounds, 4 replicates)"
