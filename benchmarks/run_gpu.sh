@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one go, for a machine with torch only (no Ray, Optuna, W&B).
-# Usage: bash benchmarks/run_gpu.sh OUT_DIR   (wheels for missing pure-Python packages may lie in .gpu_wheels/)
+# Usage: bash benchmarks/run_gpu.sh OUT_DIR
+# A GPU box without pydantic or mnist1d (and without network) gets them from wheels in .gpu_wheels/, made with
+#   pip download pydantic==2.13.4 pydantic-core==2.46.4 annotated-types typing-inspection typing-extensions \
+#     mnist1d --python-version 3.12 --only-binary=:all: --platform manylinux2014_x86_64 -d .gpu_wheels --no-deps
+# (match pydantic-core to pydantic and --python-version to the box's Python).
 set -u
 out=${1:-gpu_results}; mkdir -p "$out"
 cd "$(dirname "$0")/.."
