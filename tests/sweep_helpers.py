@@ -166,26 +166,19 @@ def kill_group(pgid: int) -> None:
 def reap_group(pgid: int, wait: float = 0.0) -> list[int]:
     """Waits up to `wait` seconds for the processes left in our process group `pgid` to exit, then kills
     what is left. Returns the pids that had to be killed."""
-    deadline = time.monotonic() + wait
-    while True:
-        left = our_processes(pgid)
-        if not left or time.monotonic() >= deadline:
-            break
-        time.sleep(0.25)
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return left
+    return _reap(lambda: our_processes(pgid), wait)
 
 
 def kill_marked(wait: float = 0.0) -> list[int]:
     """Like reap_group, for every process that carries this session's marker (e.g. Ray workers, which
     Ray starts in sessions of their own)."""
+    return _reap(our_processes, wait)
+
+
+def _reap(find: Callable[[], list[int]], wait: float) -> list[int]:
     deadline = time.monotonic() + wait
     while True:
-        left = our_processes()
+        left = find()
         if not left or time.monotonic() >= deadline:
             break
         time.sleep(0.25)
