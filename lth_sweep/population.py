@@ -24,7 +24,6 @@ class Population:
         self.params = params
         self.buffers = buffers
         self.prunable_kinds = prunable_kinds
-        self.channels_last = False
 
     @classmethod
     def initialize(cls, build: Callable[[], nn.Module], seeds: list[int], device: torch.device) -> Population:

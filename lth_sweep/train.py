@@ -66,7 +66,6 @@ class PhaseResult:
     test_acc: list[float]
     train_loss: list[float]
     early_stop: EarlyStop
-    seconds: float = 0.0
     samples: int = 0
 
 
