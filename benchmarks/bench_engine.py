@@ -59,12 +59,12 @@ def import_engine() -> types.SimpleNamespace:
     """The engine's modules (imported here so that `--help` works without the repository on the path)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from lth_sweep import pruning
     from lth_sweep.config import build_experiment
-    from lth_sweep.data import DatasetSplits
-    from lth_sweep.models import build_model
-    from lth_sweep.population import Population
-    from lth_sweep.train import EarlyStop, Evaluation, PhaseTrainer
+    from lth_sweep.engine import pruning
+    from lth_sweep.engine.data import DatasetSplits
+    from lth_sweep.engine.models import build_model
+    from lth_sweep.engine.population import Population
+    from lth_sweep.engine.train import EarlyStop, Evaluation, PhaseTrainer
 
     return types.SimpleNamespace(pruning=pruning, build_experiment=build_experiment, DatasetSplits=DatasetSplits,
                                  build_model=build_model, Population=Population, EarlyStop=EarlyStop,

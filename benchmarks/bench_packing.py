@@ -27,9 +27,9 @@ def worker(model: str, steps: int, barrier, results, device_name: str) -> None:
     from gpu_checks import WORKLOADS, half_masks, synthetic
 
     from lth_sweep.config import build_experiment
-    from lth_sweep.models import build_model
-    from lth_sweep.population import Population
-    from lth_sweep.train import EarlyStop, PhaseTrainer
+    from lth_sweep.engine.models import build_model
+    from lth_sweep.engine.population import Population
+    from lth_sweep.engine.train import EarlyStop, PhaseTrainer
 
     device = torch.device(device_name)
     raw, shape, n = WORKLOADS[model]

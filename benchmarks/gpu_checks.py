@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lth_sweep import pruning  # noqa: E402
 from lth_sweep.config import build_experiment  # noqa: E402
-from lth_sweep.data import DatasetSplits  # noqa: E402
-from lth_sweep.models import build_model  # noqa: E402
-from lth_sweep.population import Population  # noqa: E402
-from lth_sweep.train import EarlyStop, PhaseTrainer  # noqa: E402
+from lth_sweep.engine.data import DatasetSplits  # noqa: E402
+from lth_sweep.engine.models import build_model  # noqa: E402
+from lth_sweep.engine.population import Population  # noqa: E402
+from lth_sweep.engine.train import EarlyStop, PhaseTrainer  # noqa: E402
 
 WORKLOADS = {
     "lenet_300_100": ({"dataset": {"name": "mnist"}, "model": {"name": "lenet_300_100"},

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lth_sweep.errors import UserError
+
+if TYPE_CHECKING:
+    from lth_sweep.sweep.spec import LaunchSpec
 
 ROUND_COLUMNS = (
     ("round", "{:>5}", "round"),
@@ -50,7 +53,7 @@ def cli() -> None:
 def run(experiment: Path, overrides: tuple[str, ...], out: Path | None) -> None:
     """Run one IMP trial (no Ray): train, prune, rewind, retrain for prune.rounds rounds."""
     from lth_sweep.config import load_experiment, parse_overrides
-    from lth_sweep.lottery import Trial
+    from lth_sweep.engine.lottery import Trial
 
     config = load_experiment(experiment, parse_overrides(overrides))
     out = out or Path("runs") / f"{experiment.stem}-{config.config_hash()}"
@@ -95,24 +98,24 @@ def print_status(status: dict[str, Any]) -> None:
             f"({p['density']:.3f}, {p['val_acc']:.4f})" for p in status["pareto"]))
 
 
-def finish_sweep(spec: dict[str, Any], interrupted: bool) -> None:
-    from lth_sweep.status import sweep_status
+def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
+    from lth_sweep.sweep.status import sweep_status
 
-    status = sweep_status(spec["experiment_dir"])
+    status = sweep_status(spec.experiment_dir)
     print_status(status)
     states = [row["state"] for row in status["trials"]]
     failed = "ERROR" in states
     unfinished = len(states) < status["num_samples"] or any(state != "TERMINATED" for state in states)
-    if spec["wandb_mode"] == "offline":
-        click.echo(f"W&B runs were written offline under {spec['experiment_dir']}/by_config/*/wandb; "
+    if spec.wandb_mode == "offline":
+        click.echo(f"W&B runs were written offline under {spec.experiment_dir}/by_config/*/wandb; "
                    "upload them with: wandb sync DIR")
     if interrupted or unfinished:
         # Tune catches Ctrl+C itself, saves the experiment and returns: unfinished trials and no
         # errors mean the sweep was stopped, not that it failed.
         click.echo(f"the sweep is not finished{' (some trials failed)' if failed else ''}; "
-                   f"continue it with: lth-sweep resume {spec['experiment_dir']}")
+                   f"continue it with: lth-sweep resume {spec.experiment_dir}")
         sys.exit(1 if failed else 130)
-    click.echo(f"everything is under {spec['experiment_dir']}")
+    click.echo(f"everything is under {spec.experiment_dir}")
 
 
 @cli.command()
@@ -126,13 +129,13 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
            address: str | None) -> None:
     """Run a sweep: Ray Tune trials, each a full IMP schedule, searched by Optuna, logged to W&B."""
     from lth_sweep.config import parse_overrides
-    from lth_sweep.sweep import prepare_launch, run_sweep
-    from lth_sweep.sweep_config import load_sweep
+    from lth_sweep.sweep.launch import prepare_launch, run_sweep
+    from lth_sweep.sweep.schema import load_sweep
 
     sweep, experiment = load_sweep(sweep_file, parse_overrides(overrides))
     spec = prepare_launch(sweep, experiment, storage, name)
     click.echo(f"# sweep {sweep.name}: {sweep.search.num_samples} trials, objective {sweep.objective.name}, "
-               f"W&B {spec['wandb_mode']} -> {spec['experiment_dir']}")
+               f"W&B {spec.wandb_mode} -> {spec.experiment_dir}")
     _, interrupted = run_sweep(spec, address, resume=False)
     finish_sweep(spec, interrupted)
 
@@ -142,10 +145,11 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
 @click.option("--address", default=None, help="Ray cluster address (default: start Ray on this machine).")
 def resume(path: str, address: str | None) -> None:
     """Continue an interrupted sweep; finished rounds are never recomputed."""
-    from lth_sweep.sweep import load_spec, run_sweep
+    from lth_sweep.sweep.launch import run_sweep
+    from lth_sweep.sweep.spec import load_spec
 
     spec = load_spec(path)
-    click.echo(f"# resuming sweep {spec['sweep']['name']} at {spec['experiment_dir']}")
+    click.echo(f"# resuming sweep {spec.name} at {spec.experiment_dir}")
     _, interrupted = run_sweep(spec, address, resume=True)
     finish_sweep(spec, interrupted)
 
@@ -157,7 +161,7 @@ def status(path: str, as_json: bool) -> None:
     """Show every trial of a sweep: searched values, state, rounds, density, objective; and the best."""
     import json
 
-    from lth_sweep.status import sweep_status
+    from lth_sweep.sweep.status import sweep_status
 
     result = sweep_status(path)
     if as_json:
@@ -173,14 +177,14 @@ def status(path: str, as_json: bool) -> None:
 def report(path: str, out: Path | None) -> None:
     """Write a local report of a sweep: IMP curves of every trial, best trials, Pareto front."""
     from lth_sweep import storage
-    from lth_sweep.report import write_report
-    from lth_sweep.sweep import load_spec
+    from lth_sweep.report.local import write_report
+    from lth_sweep.sweep.spec import load_spec
 
     spec = load_spec(path)
     if out is None:
-        if storage.is_uri(spec["experiment_dir"]):
+        if storage.is_uri(spec.experiment_dir):
             raise UserError("--out", "give a local folder for the report of a sweep stored at a URI")
-        out = Path(spec["experiment_dir"]) / "report"
+        out = Path(spec.experiment_dir) / "report"
     click.echo(f"report written to {write_report(path, out)}")
 
 

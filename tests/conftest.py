@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from lth_sweep.config import DatasetConfig, ExperimentConfig, build_experiment, set_dotted
-from lth_sweep.data import DatasetSplits, load_dataset
+from lth_sweep.engine.data import DatasetSplits, load_dataset
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from lth_sweep.sweep import FAIL_ONCE_ENV, LEDGER_FILE
+from lth_sweep.sweep.trainable import FAIL_ONCE_ENV, LEDGER_FILE
 
 # Set in the environment of every process the tests start; Ray's processes inherit it.
 MARKER_ENV = "LTH_SWEEP_TEST_MARKER"

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-import lth_sweep.data as data
+import lth_sweep.engine.data as data
 from lth_sweep.config import DatasetConfig
-from lth_sweep.data import augment_batch, draw_augment_params, load_dataset
+from lth_sweep.engine.data import augment_batch, draw_augment_params, load_dataset
 from lth_sweep.errors import UserError
 
 CPU = torch.device("cpu")

@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 import torch
 
-from lth_sweep import pruning
 from lth_sweep.checkpoint import load_torch
 from lth_sweep.config import ExperimentConfig
-from lth_sweep.data import DatasetSplits
+from lth_sweep.engine import pruning
+from lth_sweep.engine.data import DatasetSplits
+from lth_sweep.engine.lottery import PER_REPLICATE_METRICS, Trial
+from lth_sweep.engine.models import build_model
+from lth_sweep.engine.population import Population
+from lth_sweep.engine.train import EarlyStop, Evaluation, PhaseTrainer, derived_seed, learning_rate
 from lth_sweep.errors import UserError
-from lth_sweep.lottery import PER_REPLICATE_METRICS, Trial
-from lth_sweep.models import build_model
-from lth_sweep.population import Population
-from lth_sweep.train import EarlyStop, Evaluation, PhaseTrainer, derived_seed, learning_rate
 
 CPU = torch.device("cpu")
 MakeConfig = Callable[..., ExperimentConfig]

@@ -11,8 +11,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from lth_sweep.config import ModelConfig
+from lth_sweep.engine.models import build_model
 from lth_sweep.errors import UserError
-from lth_sweep.models import build_model
 
 CIFAR, MNIST, MNIST1D = (3, 32, 32), (1, 28, 28), (40,)
 CASES = [  # (model, input shape, expected kind counts {conv, fc, output})

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from lth_sweep.objectives import (
+from lth_sweep.sweep.objectives import (
     matching_density,
     objective_value,
     pareto_front,
     val_acc_at_density,
 )
-from lth_sweep.sweep_config import ObjectiveConfig, objective_metrics
+from lth_sweep.sweep.schema import ObjectiveConfig, objective_metrics
 
 
 def rounds(*points: tuple[float, float]) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from lth_sweep.optim import SGD, Adam, StackedOptimizer, build_optimizer
+from lth_sweep.engine.optim import SGD, Adam, StackedOptimizer, build_optimizer
 
 SHAPES = [(3, 5, 4), (3, 7), (3, 2, 3, 3, 3)]  # replicate dimension first, like the engine's leaves
 STEPS = 20

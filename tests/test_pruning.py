@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lth_sweep.pruning import (
+from lth_sweep.engine.pruning import (
     density,
     density_by_kind,
     full_masks,

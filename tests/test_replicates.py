@@ -11,12 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lth_sweep import pruning
 from lth_sweep.config import MODELS, build_experiment
-from lth_sweep.data import DatasetSplits
-from lth_sweep.models import build_model
-from lth_sweep.population import Population
-from lth_sweep.train import EarlyStop, PhaseTrainer
+from lth_sweep.engine import pruning
+from lth_sweep.engine.data import DatasetSplits
+from lth_sweep.engine.models import build_model
+from lth_sweep.engine.population import Population
+from lth_sweep.engine.train import EarlyStop, PhaseTrainer
 
 STEPS = 3
 SEEDS = [11, 12]

@@ -19,7 +19,7 @@ import sweep_helpers as h
 import yaml
 
 from lth_sweep.config import build_experiment
-from lth_sweep.sweep import FAIL_ONCE_ENV
+from lth_sweep.sweep.trainable import FAIL_ONCE_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -17,7 +17,7 @@ import pytest
 import sweep_helpers as h
 
 from lth_sweep.errors import UserError
-from lth_sweep.sweep_config import SweepConfig, load_sweep
+from lth_sweep.sweep.schema import SweepConfig, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))

@@ -11,7 +11,7 @@ from typing import Any
 
 from lth_sweep import storage
 from lth_sweep.checkpoint import write_text
-from lth_sweep.status import sweep_status
+from lth_sweep.sweep.status import sweep_status
 
 
 def trial_curves(status: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:

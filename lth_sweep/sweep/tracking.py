@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lth_sweep.checkpoint import write_text
-from lth_sweep.sweep_config import WandbConfig
+from lth_sweep.sweep.schema import WandbConfig
 
 log = logging.getLogger(__name__)
 

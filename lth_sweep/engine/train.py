@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from lth_sweep.config import ExperimentConfig
-from lth_sweep.data import DatasetSplits, augment_batch, draw_augment_params
-from lth_sweep.optim import StackedOptimizer, build_optimizer
-from lth_sweep.population import Population
+from lth_sweep.engine.data import DatasetSplits, augment_batch, draw_augment_params
+from lth_sweep.engine.optim import StackedOptimizer, build_optimizer
+from lth_sweep.engine.population import Population
 
 log = logging.getLogger(__name__)
 

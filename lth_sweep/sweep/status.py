@@ -7,9 +7,9 @@ import math
 from typing import Any
 
 from lth_sweep import storage
-from lth_sweep.objectives import pareto_front
-from lth_sweep.sweep import load_spec
-from lth_sweep.sweep_config import SweepConfig, objective_metrics
+from lth_sweep.sweep.objectives import pareto_front
+from lth_sweep.sweep.schema import objective_metrics
+from lth_sweep.sweep.spec import load_spec
 
 
 def trial_rows(experiment_dir: str) -> list[dict[str, Any]]:
@@ -56,8 +56,8 @@ def round_points(experiment_dir: str, rows: list[dict[str, Any]]) -> list[dict[s
 
 def sweep_status(path: str, top: int = 5) -> dict[str, Any]:
     spec = load_spec(path)
-    experiment_dir = spec["experiment_dir"]
-    sweep = SweepConfig.model_validate(spec["sweep"])
+    experiment_dir = spec.experiment_dir
+    sweep = spec.sweep
     metrics, modes = objective_metrics(sweep.objective)
     rows = trial_rows(experiment_dir)
     status: dict[str, Any] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lth_sweep.sweep_config import ObjectiveConfig
+from lth_sweep.sweep.schema import ObjectiveConfig
 
 
 def matching_density(records: list[dict[str, Any]], tolerance: float) -> float:

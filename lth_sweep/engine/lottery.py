@@ -26,14 +26,14 @@ from typing import Any
 
 import torch
 
-from lth_sweep import pruning
 from lth_sweep.checkpoint import load_torch, save_torch, write_text
 from lth_sweep.config import ExperimentConfig, dump_yaml, load_experiment
-from lth_sweep.data import DatasetSplits, load_dataset
+from lth_sweep.engine import pruning
+from lth_sweep.engine.data import DatasetSplits, load_dataset
+from lth_sweep.engine.models import build_model
+from lth_sweep.engine.population import Population
+from lth_sweep.engine.train import EarlyStop, Evaluation, PhaseResult, PhaseTrainer, derived_seed
 from lth_sweep.errors import UserError
-from lth_sweep.models import build_model
-from lth_sweep.population import Population
-from lth_sweep.train import EarlyStop, Evaluation, PhaseResult, PhaseTrainer, derived_seed
 
 STATE_FORMAT = 1
 PER_REPLICATE_METRICS = ("val_acc", "val_loss", "val_loss_min", "early_stop_iter", "test_acc",

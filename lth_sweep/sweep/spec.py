@@ -1,0 +1,60 @@
+"""The launch spec: everything a sweep's driver and its trials need, validated once at launch, saved as
+`<sweep>/sweep.json` and read back by `resume`, `status` and `report`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from lth_sweep import storage
+from lth_sweep.config import ExperimentConfig, build_experiment
+from lth_sweep.errors import UserError
+from lth_sweep.sweep.schema import SweepConfig
+
+SPEC_FILE = "sweep.json"
+
+
+class LaunchSpec(BaseModel):
+    """A sweep as launched: its file (validated), the fixed experiment keys, where it lives, the W&B mode."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sweep: SweepConfig
+    experiment: dict[str, Any]  # the experiment's keys before the searched values are applied
+    experiment_dir: str  # an absolute folder or a URI
+    wandb_mode: Literal["online", "offline", "disabled"]
+
+    @property
+    def name(self) -> str:
+        return self.sweep.name or "sweep"
+
+    def trial_config(self, params: dict[str, Any]) -> ExperimentConfig:
+        """The experiment one trial runs: the fixed keys, the searched values, one thread per CPU asked for."""
+        threads = max(1, int(self.sweep.resources.cpu))
+        return build_experiment(self.experiment, {**params, "runtime.threads": threads})
+
+    def rounds(self) -> int:
+        return build_experiment(self.experiment).prune.rounds
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=1, by_alias=True)
+
+
+def save_spec(spec: LaunchSpec) -> None:
+    storage.write_text(storage.join(spec.experiment_dir, SPEC_FILE), spec.to_json())
+
+
+def load_spec(path: str) -> LaunchSpec:
+    """The spec of the sweep at `path` (a folder or URI), with `experiment_dir` set to where it is now."""
+    experiment_dir = storage.normalize(path)
+    spec_path = storage.join(experiment_dir, SPEC_FILE)
+    if not storage.exists(spec_path):
+        raise UserError("PATH", f"no sweep at {experiment_dir} ({SPEC_FILE} is missing); "
+                                "give the folder that `lth-sweep launch` printed")
+    try:
+        spec = LaunchSpec.model_validate_json(storage.read_text(spec_path))
+    except ValidationError as err:
+        raise UserError("PATH", f"{spec_path} is not a sweep spec this version can read "
+                                f"({err.errors()[0]['msg']})") from None
+    return spec.model_copy(update={"experiment_dir": experiment_dir})  # the folder may have moved

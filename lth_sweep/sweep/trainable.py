@@ -1,0 +1,139 @@
+"""The Ray Tune trainable: each trial runs the engine's whole IMP schedule for one config that Optuna chose.
+
+A trial reports once per round (`tune.report` with the round's metrics, the running objective and a
+checkpoint of the engine state). Its engine state lives under `<sweep>/by_config/<config hash>/`, so a
+trial restarted by Tune, resumed by `lth-sweep resume`, or re-suggested under a new id after the
+driver was killed continues from its finished rounds instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lth_sweep import storage
+from lth_sweep.engine.lottery import Trial
+from lth_sweep.engine.train import Evaluation
+from lth_sweep.sweep.objectives import objective_value
+from lth_sweep.sweep.schema import objective_metrics
+from lth_sweep.sweep.spec import LaunchSpec
+from lth_sweep.sweep.tracking import Tracker, scalar_metrics
+
+LEDGER_FILE = "rounds_trained.jsonl"
+FAIL_ONCE_ENV = "LTH_SWEEP_FAIL_ONCE_AFTER_ROUND"  # fault injection for tests: raise once after round k
+
+
+
+def work_dir(spec: LaunchSpec, config_hash: str) -> Path:
+    """Where the engine runs: the shared by-config folder itself, or a local mirror of a remote one."""
+    experiment_dir = spec.experiment_dir
+    if not storage.is_uri(experiment_dir):
+        return Path(experiment_dir) / "by_config" / config_hash
+    return Path(tempfile.gettempdir()) / "lth_sweep" / spec.name / config_hash
+
+
+def count_rounds(engine_dir: Path) -> int:
+    path = engine_dir / "rounds.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def restore_engine_dir(spec: LaunchSpec, config_hash: str, engine_dir: Path, checkpoint) -> int:
+    """Brings the most advanced saved state into `engine_dir`; returns the rounds Tune already has."""
+    reported = 0
+    if checkpoint is not None:
+        with checkpoint.as_directory() as saved:
+            reported = count_rounds(Path(saved))
+            if count_rounds(engine_dir) < reported:
+                storage.copy_dir(saved, str(engine_dir))
+    remote = storage.join(spec.experiment_dir, "by_config", config_hash, "engine")
+    if storage.is_uri(remote) and storage.exists(storage.join(remote, "rounds.jsonl")):
+        remote_rounds = len(storage.read_text(storage.join(remote, "rounds.jsonl")).splitlines())
+        if count_rounds(engine_dir) < remote_rounds:
+            storage.copy_dir(remote, str(engine_dir))
+    return reported
+
+
+def imp_trainable(params: dict[str, Any], spec: LaunchSpec) -> None:
+    """A Ray Tune function trainable: one full IMP schedule."""
+    import ray
+    from ray import tune
+
+    sweep = spec.sweep
+    config = spec.trial_config(params)
+    config_hash = config.config_hash()
+    root = work_dir(spec, config_hash)
+    engine_dir = root / "engine"
+    _, modes = objective_metrics(sweep.objective)
+    iterations_per_round = config.iterations_per_round(config.steps_per_epoch())
+    with storage.exclusive(root):
+        reported = restore_engine_dir(spec, config_hash, engine_dir, tune.get_checkpoint())
+        context = tune.get_context()
+        tracker = Tracker(
+            sweep.wandb.model_copy(update={"mode": spec.wandb_mode}),
+            group=sweep.wandb.group or sweep.name, run_id=wandb_id(f"{sweep.name}-{config_hash}"),
+            run_name=f"{context.get_trial_name()}-{config_hash}",
+            config={**config.model_dump(mode="json"), "searched": params, "config_hash": config_hash,
+                    "sweep": sweep.name},
+            directory=root / "wandb", objective_mode=None if len(modes) > 1 else modes[0],
+            iterations_per_round=iterations_per_round)
+        records: list[dict[str, Any]] = []
+        node_id = ray.get_runtime_context().get_node_id()
+        fail_after = os.environ.get(FAIL_ONCE_ENV)
+
+        def report(record: dict[str, Any], trained_now: bool) -> None:
+            records.append(record)
+            final = len(records) == config.prune.rounds
+            extra = {"objective": objective_value(records, sweep.objective, final), "rounds_done": len(records),
+                     "config_hash": config_hash, "node_id": node_id}
+            tracker.log_round(record, extra)
+            if trained_now:
+                append_ledger(spec.experiment_dir, config_hash, record["round"], context.get_trial_id())
+            if len(records) <= reported:
+                return  # Tune has this round already (restored from its checkpoint)
+            remote = storage.join(spec.experiment_dir, "by_config", config_hash, "engine")
+            if storage.is_uri(remote):
+                storage.copy_dir(str(engine_dir), remote)
+            tune.report({**scalar_metrics(record), **extra},
+                        checkpoint=tune.Checkpoint.from_directory(str(engine_dir)))
+            marker = root / ".failure_injected"
+            if fail_after is not None and record["round"] == int(fail_after) and not marker.exists():
+                marker.touch()
+                raise RuntimeError(f"injected failure after round {record['round']} ({FAIL_ONCE_ENV})")
+
+        def curve(round_index: int, phase: str, evaluation: Evaluation) -> None:
+            if phase != "ticket":  # a control's curve would run back over the round's steps
+                return
+            step = round_index * iterations_per_round + evaluation.iteration
+            tracker.log_curve({"iteration": step, "round_index": round_index,
+                               "val_loss": statistics.fmean(evaluation.val_loss),
+                               "val_acc": statistics.fmean(evaluation.val_acc),
+                               "train_loss": statistics.fmean(evaluation.extras["train_loss"])}, step)
+
+        try:
+            trial = Trial(config, engine_dir, on_round=lambda r: report(r, True), on_eval=curve)
+            for record in trial.records():
+                report(record, False)
+            trial.run()
+        finally:
+            tracker.finish()
+
+
+def wandb_id(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", text)[:128]
+
+
+def append_ledger(experiment_dir: str, config_hash: str, round_index: int, trial_id: str) -> None:
+    """One line per round trained (not replayed): how the tests count recomputation. Local storage only."""
+    if storage.is_uri(experiment_dir):
+        return
+    line = json.dumps({"config_hash": config_hash, "round": round_index, "trial_id": trial_id}) + "\n"
+    fd = os.open(Path(experiment_dir) / LEDGER_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
