@@ -188,6 +188,21 @@ def report(path: str, out: Path | None) -> None:
     click.echo(f"report written to {write_report(path, out)}")
 
 
+@cli.group()
+def cluster() -> None:
+    """Cluster files: Ray cluster-launcher YAMLs and KubeRay manifests."""
+
+
+@cluster.command("validate")
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+def cluster_validate(files: tuple[Path, ...]) -> None:
+    """Check cluster files offline (default: every YAML under ./cluster/); one line per file."""
+    from lth_sweep.sweep.cluster import cluster_files, validate_file
+
+    for path in cluster_files(files):
+        click.echo(validate_file(path).line())
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="lth-sweep", standalone_mode=False)
