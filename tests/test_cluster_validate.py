@@ -507,6 +507,8 @@ def test_unknown_head_node_type_is_rejected(broken):
 def test_unknown_provider_type_is_refused(broken):
     path = broken("aws-gpu.yaml", lambda c: c["provider"].update(type="external", module="my.provider"))
     assert problem(path).startswith("provider.type: 'external' cannot be checked offline")
+    path = broken("aws-gpu.yaml", lambda c: c.update(provider="aws"))
+    assert problem(path).startswith("provider.type: None cannot be checked offline; allowed: aws, gcp, azure, local")
 
 
 # launcher YAMLs: our checks
@@ -688,6 +690,10 @@ def test_secret_references_are_allowed(broken):
 
 
 # files and folders
+
+
+def test_recursive_yaml_does_not_hang_the_secret_scan():
+    assert cluster_module.secret_problem("a: &loop [*loop]\n") is None
 
 
 def test_not_a_cluster_file_and_bad_yaml_are_refused(tmp_path):

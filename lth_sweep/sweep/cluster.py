@@ -197,7 +197,7 @@ def secret_message(line: int, name: str) -> str:
 def secret_problem(text: str) -> str | None:
     """The first secret written in the file (the message names where and never repeats the value)."""
     for document in yaml.compose_all(text):
-        problem = node_secret_problem(document)
+        problem = node_secret_problem(document, set())
         if problem:
             return problem
     for number, line in enumerate(text.splitlines(), start=1):
@@ -218,11 +218,14 @@ def literal_secret(name: str, value: str) -> bool:
     return upper in KNOWN_SECRET_NAMES or (bool(SECRET_NAME_RE.search(upper)) and looks_like_key(value.strip()))
 
 
-def node_secret_problem(node: yaml.Node | None) -> str | None:
+def node_secret_problem(node: yaml.Node | None, seen: set[int]) -> str | None:
     """Mapping entries NAME: literal and Kubernetes env entries {name: NAME, value: literal}, anywhere."""
+    if id(node) in seen:  # an alias of a node already walked (or a recursive one)
+        return None
+    seen.add(id(node))
     if isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            problem = node_secret_problem(item)
+            problem = node_secret_problem(item, seen)
             if problem:
                 return problem
     elif isinstance(node, yaml.MappingNode):
@@ -235,7 +238,7 @@ def node_secret_problem(node: yaml.Node | None) -> str | None:
             if isinstance(key, yaml.ScalarNode) and isinstance(value, yaml.ScalarNode) \
                     and literal_secret(key.value, value.value):
                 return secret_message(value.start_mark.line + 1, key.value)
-            problem = node_secret_problem(value)
+            problem = node_secret_problem(value, seen)
             if problem:
                 return problem
     return None
@@ -302,7 +305,8 @@ def launcher_images(cfg: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def check_launcher(cfg: dict[str, Any], ray_version: str) -> str:
-    provider_type = (cfg.get("provider") or {}).get("type")
+    provider = cfg.get("provider")
+    provider_type = provider.get("type") if isinstance(provider, dict) else None
     if provider_type not in LAUNCHER_PROVIDERS:
         raise Problem(f"provider.type: {provider_type!r} cannot be checked offline; allowed: "
                       f"{', '.join(LAUNCHER_PROVIDERS)}")
