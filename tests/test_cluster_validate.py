@@ -323,6 +323,7 @@ def parse_lth_sweep(command: str) -> tuple[str, list[str]]:
 def test_rayjob_entrypoints_are_commands_the_cli_accepts():
     launch = load(KUBERAY_DIR / "rayjob.yaml")["spec"]
     assert launch["shutdownAfterJobFinishes"] is True
+    assert launch["submissionMode"] == "K8sJobMode"  # the runbook reads the driver with `kubectl logs job/NAME`
     name, args = parse_lth_sweep(launch["entrypoint"])
     assert name == "launch" and args[args.index("--storage") + 1].startswith("s3://")
     assert args[args.index("--address") + 1] == "auto"
