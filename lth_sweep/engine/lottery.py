@@ -183,6 +183,15 @@ class Trial:
                 "round": 0, "masks": None, "next_masks": None, "pruned_at": None, "ticket": None, "samples": 0,
                 **ROUND_START}
 
+    def start_at_round(self, round_index: int, rewind: dict[str, torch.Tensor], masks: pruning.Masks) -> None:
+        """Prepares an empty trial directory so that its next round is `round_index`, from the rewind
+        weights `rewind` under `masks` (stacked [K, ...]; how an exported ticket is retrained)."""
+        state = self.new_state()
+        state.update(round=round_index, masks=masks, pruned_at=record_pruning(None, masks, round_index))
+        if round_index > 0:
+            save_torch(self.rewind_path, rewind)
+        self.save(state)
+
     def round_masks(self, state: dict[str, Any], pop: Population) -> pruning.Masks:
         """This round's masks: all ones in round 0, then the ones pruned after the previous round."""
         if state["masks"] is None:
