@@ -83,24 +83,22 @@ def run(experiment: Path | None, overrides: tuple[str, ...], out: Path | None, t
 
 def run_ticket(path: Path, out: Path | None) -> None:
     """`lth-sweep run --ticket FILE`: one round from the ticket's rewind weights under its masks."""
-    from lth_sweep.report.tickets import differences, retrain_ticket
+    from lth_sweep.report.tickets import Retraining, differences
 
-    trial, ticket = retrain_ticket(path, out, on_round=lambda record: click.echo(round_row(record)))
-    config = trial.config
-    click.echo(f"# ticket {path}: round {ticket['round']} of config {config.config_hash()} (replicate "
+    retraining = Retraining(path, out, on_round=lambda record: click.echo(round_row(record)))
+    ticket = retraining.ticket
+    click.echo(f"# ticket {path}: round {ticket['round']} of config {retraining.config.config_hash()} (replicate "
                f"{ticket['replicate']}, seed {ticket['seed']}), density {ticket['record']['density']:.4f}, "
-               f"one round from its rewind weights under its masks -> {trial.out_dir}")
+               f"one round from its rewind weights under its masks -> {retraining.out}")
     click.echo(round_header())
-    done = trial.records()
-    for record in done:
+    for record in retraining.records():
         click.echo(round_row(record))
-    records = trial.run()
-    diff = differences(ticket, records[-1])
+    diff = differences(ticket, retraining.run())
     if diff:
-        click.echo(f"# differs from the ticket's record (other device or thread count?): {'; '.join(diff)}")
+        click.echo(f"# differs from the ticket's record (another device or thread count?): {'; '.join(diff)}")
     else:
         click.echo("# reproduces the ticket's recorded metrics exactly")
-    click.echo(f"# round written to {trial.out_dir / 'rounds.jsonl'}")
+    click.echo(f"# round written to {retraining.out / 'rounds.jsonl'}")
 
 
 @cli.group()

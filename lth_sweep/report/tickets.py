@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,48 +190,64 @@ def load_ticket(path: Path) -> dict[str, Any]:
 
 
 def ticket_config(ticket: dict[str, Any]) -> ExperimentConfig:
-    """The experiment that retrains the ticket: its replicate's seed alone, no control, up to its round."""
-    return build_experiment(ticket["config"], {"seed": ticket["seed"], "replicates": 1, "control": "none",
-                                               "prune.rounds": ticket["round"] + 1}, prefix="--ticket config")
+    """The experiment that retrains the ticket: its trial's, with no control, up to the ticket's round."""
+    return build_experiment(ticket["config"], {"control": "none", "prune.rounds": ticket["round"] + 1},
+                            prefix="--ticket config")
 
 
-def ticket_identity(ticket: dict[str, Any], config: ExperimentConfig) -> str:
-    return f"config {config.config_hash()}, round {ticket['round']}\n"
+class Retraining:
+    """One round of a ticket, trained in `out` by the engine (rerun on the same `out` to resume).
 
+    A ticket of a trial that stacked K replicates trains inside a stack of K copies of itself, at its own
+    replicate's place (the other copies see the other replicates' data orders and are discarded): stacked
+    and single kernels round differently, and this is what makes the round come out bit for bit."""
 
-def retrain_ticket(path: Path, out: Path | None, on_round=None) -> tuple[Trial, dict[str, Any]]:
-    """Prepares `out` to retrain the ticket at `path` for its one round; returns the Trial (call `run`) and
-    the ticket. Rerunning on the same `out` resumes; another ticket's or trial's folder is refused."""
-    ticket = load_ticket(path)
-    config = ticket_config(ticket)
-    round_index = ticket["round"]
-    out = out or Path("runs") / f"ticket-{config.config_hash()}-round{round_index}"
-    identity_file = out / "ticket.txt"
-    identity = ticket_identity(ticket, config)
-    if out.exists() and any(out.iterdir()):
-        if not identity_file.is_file() or identity_file.read_text() != identity:
-            raise UserError("--out", f"{out} holds something else than a retraining of this ticket; "
+    def __init__(self, path: Path, out: Path | None, on_round: Callable[[dict[str, Any]], None] | None = None):
+        self.ticket = load_ticket(path)
+        self.path = path
+        self.config = ticket_config(self.ticket)
+        self.replicate = self.ticket["replicate"]
+        round_index = self.ticket["round"]
+        self.out = out or Path("runs") / f"ticket-{self.config.config_hash()}-round{round_index}-r{self.replicate}"
+        identity = f"config {self.config.config_hash()}, round {round_index}, replicate {self.replicate}\n"
+        identity_file = self.out / "ticket.txt"
+        if self.out.exists() and any(self.out.iterdir()) and not (
+                identity_file.is_file() and identity_file.read_text() == identity):
+            raise UserError("--out", f"{self.out} holds something else than a retraining of this ticket; "
                                      "choose another --out")
-    trial = Trial(config, out, on_round=on_round)
-    if not trial.state_path.exists():
-        masks = {n: m.unsqueeze(0) for n, m in ticket["masks"].items()}
-        rewind = {n: t.unsqueeze(0) for n, t in ticket["state_dict"].items()}
-        if round_index == 0:
-            check_round_0(trial, ticket, path)
-        trial.start_at_round(round_index, rewind, masks)
-        write_text(identity_file, identity)
-    return trial, ticket
+        self.trial = Trial(self.config, self.out,
+                           on_round=None if on_round is None else lambda record: on_round(self.view(record)))
+        if not self.trial.state_path.exists():
+            k = self.config.replicates
+            masks = {n: m.expand(k, *m.shape).clone() for n, m in self.ticket["masks"].items()}
+            rewind = {n: t.expand(k, *t.shape).clone() for n, t in self.ticket["state_dict"].items()}
+            if round_index == 0:
+                self.check_round_0()
+            self.trial.start_at_round(round_index, rewind, masks)
+            write_text(identity_file, identity)
 
+    def view(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The ticket's own values in a round record of the stack."""
+        return replicate_record(record, self.replicate)
 
-def check_round_0(trial: Trial, ticket: dict[str, Any], path: Path) -> None:
-    """Round 0 trains from the seed's initialization with no mask: a round-0 ticket must be exactly that."""
-    init = {n: t[0].cpu() for n, t in trial.fresh_population().snapshot().items()}
-    dense = all(bool(m.all()) for m in ticket["masks"].values())
-    same = init.keys() == ticket["state_dict"].keys() and all(torch.equal(t, ticket["state_dict"][n])
-                                                              for n, t in init.items())
-    if not (dense and same):
-        raise UserError("--ticket", f"{path} is a round-0 ticket whose weights or masks are not its seed's "
-                                    "dense initialization; round 0 can only retrain from that")
+    def records(self) -> list[dict[str, Any]]:
+        return [self.view(r) for r in self.trial.records()]
+
+    def run(self) -> dict[str, Any]:
+        """Trains (or finds trained) the round; `out/rounds.jsonl` gets the ticket's record."""
+        record = self.view(self.trial.run()[-1])
+        self.trial.write_records([record])
+        return record
+
+    def check_round_0(self) -> None:
+        """Round 0 trains from the seeds' initialization with no mask: a round-0 ticket must be exactly that."""
+        init = {n: t[self.replicate].cpu() for n, t in self.trial.fresh_population().snapshot().items()}
+        weights = self.ticket["state_dict"]
+        dense = all(bool(m.all()) for m in self.ticket["masks"].values())
+        same = init.keys() == weights.keys() and all(torch.equal(t, weights[n]) for n, t in init.items())
+        if not (dense and same):
+            raise UserError("--ticket", f"{self.path} is a round-0 ticket whose weights or masks are not its seed's "
+                                        "dense initialization; round 0 can only retrain from that")
 
 
 def differences(ticket: dict[str, Any], record: dict[str, Any]) -> list[str]:
