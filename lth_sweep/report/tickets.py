@@ -168,7 +168,10 @@ def export_ticket(path: str, trial: str | None, out: Path, round_index: int | No
     if out.is_dir():
         raise UserError("--out", f"{out} is a folder; give the ticket's file name (for example ticket.pt)")
     ticket = build_ticket(locate(path, trial), round_index, replicate)
-    save_torch(out, ticket)
+    try:
+        save_torch(out, ticket)
+    except OSError as err:
+        raise UserError("--out", f"cannot write {out} ({err.strerror or err})") from None
     return ticket
 
 
