@@ -9,6 +9,7 @@ alone, checked against the trial's own files (rewind.pt, rounds.jsonl), and retr
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -20,13 +21,16 @@ import sweep_helpers as h
 import torch
 from conftest import CliResult, read_rounds
 
+from lth_sweep import storage
 from lth_sweep.checkpoint import load_torch
-from lth_sweep.config import ExperimentConfig, build_experiment
+from lth_sweep.config import ExperimentConfig, build_experiment, load_experiment
 from lth_sweep.engine.data import DatasetSplits
 from lth_sweep.engine.lottery import PER_REPLICATE_METRICS, Trial
 from lth_sweep.engine.models import build_model
 from lth_sweep.errors import UserError
 from lth_sweep.report.tickets import Retraining, TrialSource, build_ticket, differences, export_ticket
+from lth_sweep.sweep.schema import SweepConfig
+from lth_sweep.sweep.spec import LaunchSpec, save_spec
 
 REWIND = 15
 ROUNDS = 3
@@ -268,3 +272,47 @@ def test_sweep_ticket_by_trial_id_and_by_hash(sweep: h.Sweep, tmp_path: Path, mn
                         env=sweep.env)
     assert unknown.returncode == 2 and "nosuchtrial" in unknown.stderr and "Traceback" not in unknown.stderr
     assert len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
+
+
+# ------------------------------------------------------------------------------------------ a sweep at a URI
+
+
+@pytest.fixture
+def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A local S3 server (moto, the project's S3 test server: no cloud account exists here); yields its endpoint."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        h.poll(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, timeout=60, what="moto_server")
+        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                           "AWS_EC2_METADATA_DISABLED": "true"}.items():
+            monkeypatch.setenv(key, value)
+        yield f"127.0.0.1:{port}"
+    finally:
+        h.kill_group(proc.pid)
+        proc.wait()
+
+
+def test_export_from_a_sweep_at_a_uri(s3_server: str, run_dir: Path, tmp_path: Path,
+                                      mnist1d: DatasetSplits) -> None:
+    """A sweep folder on S3 laid out as a sweep leaves it (sweep.json, by_config/<hash>/engine), built here from
+    a finished trial: export reads it through pyarrow.fs into a temporary copy, with no Ray."""
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(endpoint_override=f"http://{s3_server}", scheme="http", access_key="test",
+                           secret_key="test", region="us-east-1", allow_bucket_creation=True)
+    fs.create_dir("bucket")
+    uri = f"s3://bucket/sweeps/remote?endpoint_override={s3_server}&scheme=http&region=us-east-1"
+    config_hash = load_experiment(run_dir / "config.yaml").config_hash()
+    spec = LaunchSpec(sweep=SweepConfig(name="remote"), experiment={}, experiment_dir=uri, wandb_mode="disabled")
+    save_spec(spec)
+    storage.copy_dir(str(run_dir), storage.join(uri, "by_config", config_hash, "engine"))
+    out = tmp_path / "ticket.pt"
+    ticket = export_ticket(uri, config_hash, out, round_index=1, replicate=1)
+    assert ticket["source"]["config_hash"] == config_hash
+    assert_ticket_matches_trial(out, run_dir, 1, 1, mnist1d)
+    with pytest.raises(UserError, match="no trial id or config hash 'nosuch'"):
+        export_ticket(uri, "nosuch", tmp_path / "x.pt")
