@@ -226,8 +226,8 @@ class Retraining:
             rewind = {n: t.expand(k, *t.shape).clone() for n, t in self.ticket["state_dict"].items()}
             if round_index == 0:
                 self.check_round_0()
+            write_text(identity_file, identity)  # first: a folder holding only it is still this ticket's
             self.trial.start_at_round(round_index, rewind, masks)
-            write_text(identity_file, identity)
 
     def view(self, record: dict[str, Any]) -> dict[str, Any]:
         """The ticket's own values in a round record of the stack."""
