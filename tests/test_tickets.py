@@ -23,10 +23,11 @@ from conftest import CliResult, read_rounds
 
 from lth_sweep import storage
 from lth_sweep.checkpoint import load_torch
-from lth_sweep.config import ExperimentConfig, build_experiment, load_experiment
+from lth_sweep.config import MODELS, ExperimentConfig, build_experiment, load_experiment
 from lth_sweep.engine.data import DatasetSplits
 from lth_sweep.engine.lottery import PER_REPLICATE_METRICS, Trial
 from lth_sweep.engine.models import build_model
+from lth_sweep.engine.population import Population
 from lth_sweep.errors import UserError
 from lth_sweep.report.tickets import Retraining, TrialSource, build_ticket, differences, export_ticket
 from lth_sweep.sweep.schema import SweepConfig
@@ -316,3 +317,15 @@ def test_export_from_a_sweep_at_a_uri(s3_server: str, run_dir: Path, tmp_path: P
     assert_ticket_matches_trial(out, run_dir, 1, 1, mnist1d)
     with pytest.raises(UserError, match="no trial id or config hash 'nosuch'"):
         export_ticket(uri, "nosuch", tmp_path / "x.pt")
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_every_zoo_model_keeps_its_state_dict_names(model_name: str) -> None:
+    """A ticket's state_dict is the engine's stacked parameters and buffers, unstacked: for every model of the
+    zoo those are exactly the names (and shapes) of the module's own state_dict, so load_state_dict accepts it."""
+    shape = (40,) if model_name in ("mlp", "lenet_300_100") else (3, 32, 32)
+    config = build_experiment({"model": {"name": model_name},
+                               "dataset": {"name": "mnist1d" if len(shape) == 1 else "cifar10"}})
+    pop = Population.initialize(lambda: build_model(config.model, shape, 10), [0], torch.device("cpu"))
+    module = build_model(config.model, shape, 10)
+    module.load_state_dict({n: t[0] for n, t in pop.snapshot().items()})
