@@ -23,6 +23,7 @@ from conftest import CliResult, read_rounds
 
 from lth_sweep import storage
 from lth_sweep.checkpoint import load_torch
+from lth_sweep.cli import main
 from lth_sweep.config import MODELS, ExperimentConfig, build_experiment, load_experiment
 from lth_sweep.engine.data import DatasetSplits
 from lth_sweep.engine.lottery import PER_REPLICATE_METRICS, Trial
@@ -185,7 +186,19 @@ def test_retraining_reproduces_the_round_exactly(run_dir: Path, tmp_path: Path, 
     assert again.records() == [record] and again.run() == record
 
 
-def test_bad_input_is_refused(run_cli: CliRunner, run_dir: Path, tmp_path: Path,
+def main_here(capsys: pytest.CaptureFixture[str], *args: str | Path) -> CliResult:
+    """`lth-sweep ARGS` through lth_sweep.cli.main in this process (the exit code from SystemExit)."""
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return CliResult(code, captured.out, captured.err)
+
+
+def test_bad_input_is_refused(capsys: pytest.CaptureFixture[str], run_dir: Path, tmp_path: Path,
                               write_config: Callable[..., Path]) -> None:
     out = tmp_path / "t.pt"
     for args, key, words in [((3, 0), "--round", "0..2"), ((-1, 0), "--round", "0..2"),
@@ -207,10 +220,10 @@ def test_bad_input_is_refused(run_cli: CliRunner, run_dir: Path, tmp_path: Path,
             Retraining(path, tmp_path / "r")
         assert err.value.key == "--ticket" and str(path) in err.value.message
     assert not (tmp_path / "r").exists()
-    # the command line: exit 2, one line, no traceback
-    assert_user_error(export(run_cli, run_dir, "--round", "3", "--out", out), "--round", "0..2")
-    assert_user_error(run_cli("run", "--ticket", garbage, "--out", tmp_path / "r"), "--ticket", str(garbage))
-    assert_user_error(run_cli("run", write_config(), "--ticket", garbage), "--ticket")
+    # the command line (in this process): exit 2, one line, no traceback
+    assert_user_error(main_here(capsys, "ticket", "export", run_dir, "--round", "3", "--out", out), "--round", "0..2")
+    assert_user_error(main_here(capsys, "run", "--ticket", garbage, "--out", tmp_path / "r"), "--ticket", str(garbage))
+    assert_user_error(main_here(capsys, "run", write_config(), "--ticket", garbage), "--ticket")
     assert not out.exists() and not (tmp_path / "r").exists()
 
 
@@ -268,11 +281,8 @@ def test_sweep_ticket_by_trial_id_and_by_hash(sweep: h.Sweep, tmp_path: Path, mn
     assert "reproduces the ticket's recorded metrics exactly" in result.stdout
     (retrained,) = read_rounds(out)
     assert {k: retrained[k] for k in COMPARED} == {k: records[2][k] for k in COMPARED}
-
-    unknown = h.run_cli("ticket", "export", sweep.dir, "nosuchtrial", "--out", tmp_path / "x.pt", cwd=sweep.cwd,
-                        env=sweep.env)
-    assert unknown.returncode == 2 and "nosuchtrial" in unknown.stderr and "Traceback" not in unknown.stderr
-    assert len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
+    with pytest.raises(UserError, match="no trial id or config hash 'nosuchtrial'"):
+        export_ticket(str(sweep.dir), "nosuchtrial", tmp_path / "x.pt")
 
 
 # ------------------------------------------------------------------------------------------ a sweep at a URI
