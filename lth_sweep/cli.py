@@ -46,15 +46,26 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a dotted key.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Trial directory (default runs/<experiment>-<config hash>). Rerun to resume.")
-def run(experiment: Path, overrides: tuple[str, ...], out: Path | None) -> None:
-    """Run one IMP trial (no Ray): train, prune, rewind, retrain for prune.rounds rounds."""
+@click.option("--ticket", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Retrain this exported ticket for its one round instead (no EXPERIMENT, no --set).")
+def run(experiment: Path | None, overrides: tuple[str, ...], out: Path | None, ticket: Path | None) -> None:
+    """Run one IMP trial (no Ray): train, prune, rewind, retrain for prune.rounds rounds.
+
+    A larger prune.rounds on a finished trial's --out continues it; a smaller one reports its first rounds."""
     from lth_sweep.config import load_experiment, parse_overrides
     from lth_sweep.engine.lottery import Trial
 
+    if ticket is not None:
+        if experiment is not None or overrides:
+            raise click.UsageError("--ticket takes no EXPERIMENT and no --set: the ticket holds its experiment")
+        run_ticket(ticket, out)
+        return
+    if experiment is None:
+        raise click.UsageError("give an EXPERIMENT file (or --ticket FILE)")
     config = load_experiment(experiment, parse_overrides(overrides))
     out = out or Path("runs") / f"{experiment.stem}-{config.config_hash()}"
     trial = Trial(config, out, on_round=lambda record: click.echo(round_row(record)))
@@ -68,6 +79,51 @@ def run(experiment: Path, overrides: tuple[str, ...], out: Path | None) -> None:
         click.echo(f"# resuming after round {done[-1]['round']}")
     trial.run()
     click.echo(f"# rounds written to {out / 'rounds.jsonl'}")
+
+
+def run_ticket(path: Path, out: Path | None) -> None:
+    """`lth-sweep run --ticket FILE`: one round from the ticket's rewind weights under its masks."""
+    from lth_sweep.report.tickets import Retraining, differences
+
+    retraining = Retraining(path, out, on_round=lambda record: click.echo(round_row(record)))
+    ticket = retraining.ticket
+    click.echo(f"# ticket {path}: round {ticket['round']} of config {retraining.config.config_hash()} (replicate "
+               f"{ticket['replicate']}, seed {ticket['seed']}), density {ticket['record']['density']:.4f}, "
+               f"one round from its rewind weights under its masks -> {retraining.out}")
+    click.echo(round_header())
+    for record in retraining.records():
+        click.echo(round_row(record))
+    diff = differences(ticket, retraining.run())
+    if diff:
+        click.echo(f"# differs from the ticket's record (another device or thread count?): {'; '.join(diff)}")
+    else:
+        click.echo("# reproduces the ticket's recorded metrics exactly")
+    click.echo(f"# round written to {retraining.out / 'rounds.jsonl'}")
+
+
+@cli.group()
+def ticket() -> None:
+    """Winning tickets: export one round of a trial as a plain PyTorch file."""
+
+
+@ticket.command("export")
+@click.argument("path")
+@click.argument("trial", required=False)
+@click.option("--round", "round_index", type=int, default=None,
+              help="Round to export (default: the sparsest within the objective's tolerance of the dense val_acc).")
+@click.option("--replicate", type=int, default=0, show_default=True, help="Which replicate (seed + K) to export.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The ticket file to write.")
+def ticket_export(path: str, trial: str | None, round_index: int | None, replicate: int, out: Path) -> None:
+    """Export TRIAL (a trial id or config hash, as `status` prints them) of the sweep at PATH (a folder or URI),
+    or the `lth-sweep run` trial folder PATH (no TRIAL), as a ticket file. Reads storage only; starts no Ray."""
+    from lth_sweep.report.tickets import export_ticket
+
+    written = export_ticket(path, trial, out, round_index, replicate)
+    record = written["record"]
+    how = "asked for" if round_index is not None else "the sparsest within tolerance of the dense val_acc"
+    click.echo(f"ticket of round {written['round']} ({how}): density {record['density']:.4f}, val_acc "
+               f"{record['val_acc']:.4f}, replicate {written['replicate']} (seed {written['seed']}), "
+               f"config {written['source']['config_hash']} -> {out}")
 
 
 def format_value(value: Any) -> str:

@@ -91,7 +91,8 @@ class PruneConfig(Section):
     rate: float = Field(default=0.2, gt=0, lt=1, description="fc rate (layerwise) or global rate")
     conv_rate: float | None = Field(default=None, gt=0, lt=1, description="None = rate")
     output_rate: float | None = Field(default=None, ge=0, lt=1, description="None = rate/2; 0 = not pruned")
-    rounds: int = Field(default=5, ge=1, description="rounds trained, the dense round 0 included")
+    rounds: int = Field(default=5, ge=1, le=254, description="rounds trained, the dense round 0 included; left out "
+                        "of the config hash, so a finished trial can be extended with more rounds")
 
 
 class RewindConfig(Section):
@@ -141,9 +142,12 @@ class ExperimentConfig(Section):
         return train_examples // self.train.batch_size
 
     def science_dict(self) -> dict[str, Any]:
-        """The keys that determine the results (device, runtime knobs and where data is read from left out)."""
+        """The keys that determine the results (device, runtime knobs and where data is read from left out).
+
+        `prune.rounds` is left out too (as open_lth leaves out its number of levels): round r of a trial does
+        not depend on how many rounds follow it, so a longer run of the same config extends a shorter one."""
         return self.model_dump(mode="json", exclude={"device": True, "runtime": True,
-                                                     "dataset": {"root", "download"}})
+                                                     "dataset": {"root", "download"}, "prune": {"rounds"}})
 
     def config_hash(self) -> str:
         text = json.dumps(self.science_dict(), sort_keys=True, separators=(",", ":"))

@@ -18,7 +18,7 @@ from lth_sweep.checkpoint import load_torch
 from lth_sweep.config import ExperimentConfig
 from lth_sweep.engine import pruning
 from lth_sweep.engine.data import DatasetSplits
-from lth_sweep.engine.lottery import PER_REPLICATE_METRICS, Trial
+from lth_sweep.engine.lottery import PER_REPLICATE_METRICS, Trial, masks_of_round
 from lth_sweep.engine.models import build_model
 from lth_sweep.engine.population import Population
 from lth_sweep.engine.train import EarlyStop, Evaluation, PhaseTrainer, derived_seed, learning_rate
@@ -185,7 +185,7 @@ def test_masks_prune_the_trained_round_0_weights(rewound_trial: tuple[Experiment
     trained = train_manually(config, mnist1d, TOTAL)
     expected = pruning.prune_layerwise(trained.prunable(), pruning.full_masks(trained.prunable()),
                                        {"fc1.weight": 0.2, "output.weight": 0.1})
-    assert_states_equal(load_torch(out / "state.pt")["masks"], expected)
+    assert_states_equal(masks_of_round(load_torch(out / "state.pt")["pruned_at"], 1), expected)
 
 
 def test_round_1_starts_from_snapshot_times_mask(rewound_trial: tuple[ExperimentConfig, Path, StateSpy],
@@ -193,7 +193,8 @@ def test_round_1_starts_from_snapshot_times_mask(rewound_trial: tuple[Experiment
     config, out, _ = rewound_trial
     state = load_torch(out / "state.pt")
     assert state["round"] == 2 and state["iteration"] is None
-    state["round"] = 1  # the state as round 1 found it: masks from round 0, nothing of round 1 yet
+    # the state as round 1 found it: masks from round 0, nothing of round 1 yet
+    state.update(round=1, masks=masks_of_round(state["pruned_at"], 1))
     snapshot = load_torch(out / "rewind.pt")
     pop, masks = Trial(config, out, data=mnist1d).start_population(state, "ticket")
     assert_states_equal(masks, state["masks"])

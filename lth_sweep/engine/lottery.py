@@ -10,8 +10,16 @@ Files in the trial directory, each written atomically:
   config.yaml    the resolved experiment
   rewind.pt      the rewind snapshot (written once, in round 0)
   state.pt       everything else needed to continue: round, phase, iteration, weights, buffers,
-                 optimizer, masks, early-stop tracking, finished records (after every epoch and round)
+                 optimizer, masks, mask history, early-stop tracking, finished records (after every epoch
+                 and round)
   rounds.jsonl   one JSON object per finished round (derived from state.pt)
+
+Masks. `state["masks"]` are the masks of round `state["round"]`, the next round to train: after each round
+the next masks are computed, after the last one too, so a finished trial can be extended with more rounds
+(`prune.rounds` is not part of the config hash). `state["pruned_at"]` keeps every round's masks in one
+uint8 tensor per prunable weight [K, *shape]: the first round trained without that weight, 255 if it was
+never pruned; the masks of round r are `pruned_at > r` (`masks_of_round`). Hence at most 254 rounds.
+A trial runs or reports `prune.rounds` rounds: a longer trial in the same directory reports its first ones.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from lth_sweep.engine.train import EarlyStop, Evaluation, PhaseResult, PhaseTrai
 from lth_sweep.errors import UserError
 
 STATE_FORMAT = 1
+NEVER_PRUNED = 255  # pruned_at value of a weight that is still alive
 PER_REPLICATE_METRICS = ("val_acc", "val_loss", "val_loss_min", "early_stop_iter", "test_acc",
                          "test_acc_at_early_stop", "train_loss")
 
@@ -67,6 +76,19 @@ def next_masks(config: ExperimentConfig, pop: Population, masks: pruning.Masks) 
         outputs = {name: config.output_rate() for name, kind in kinds.items() if kind == "output"}
         return pruning.prune_global(pop.prunable(), masks, config.prune.rate, outputs)
     return pruning.prune_layerwise(pop.prunable(), masks, layer_rates(config, kinds))
+
+
+def masks_of_round(pruned_at: pruning.Masks, round_index: int) -> pruning.Masks:
+    """The masks round `round_index` trained under, from the mask history."""
+    return {name: rounds > round_index for name, rounds in pruned_at.items()}
+
+
+def record_pruning(pruned_at: pruning.Masks | None, masks: pruning.Masks, round_index: int) -> pruning.Masks:
+    """The mask history with `masks` (those of round `round_index`) added: weights they drop get that round."""
+    if pruned_at is None:
+        pruned_at = {n: torch.full(m.shape, NEVER_PRUNED, dtype=torch.uint8) for n, m in masks.items()}
+    return {n: torch.where(~masks[n].cpu() & (rounds == NEVER_PRUNED), round_index, rounds).to(torch.uint8)
+            for n, rounds in pruned_at.items()}
 
 
 def summarize(results: dict[str, list[float]]) -> dict[str, Any]:
@@ -126,9 +148,10 @@ class Trial:
                                          "choose another --out")
 
     def records(self) -> list[dict[str, Any]]:
+        """The finished rounds this config asks for (a longer trial in this directory reports its first ones)."""
         if not self.state_path.exists():
             return []
-        return load_torch(self.state_path)["records"]
+        return load_torch(self.state_path)["records"][:self.config.prune.rounds]
 
     def write_records(self, records: list[dict[str, Any]]) -> None:
         write_text(self.out_dir / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in records))
@@ -157,7 +180,17 @@ class Trial:
 
     def new_state(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "config_hash": self.config.config_hash(), "records": [],
-                "round": 0, "masks": None, "next_masks": None, "ticket": None, "samples": 0, **ROUND_START}
+                "round": 0, "masks": None, "next_masks": None, "pruned_at": None, "ticket": None, "samples": 0,
+                **ROUND_START}
+
+    def start_at_round(self, round_index: int, rewind: dict[str, torch.Tensor], masks: pruning.Masks) -> None:
+        """Prepares an empty trial directory so that its next round is `round_index`, from the rewind
+        weights `rewind` under `masks` (stacked [K, ...]; how an exported ticket is retrained)."""
+        state = self.new_state()
+        state.update(round=round_index, masks=masks, pruned_at=record_pruning(None, masks, round_index))
+        if round_index > 0:
+            save_torch(self.rewind_path, rewind)
+        self.save(state)
 
     def round_masks(self, state: dict[str, Any], pop: Population) -> pruning.Masks:
         """This round's masks: all ones in round 0, then the ones pruned after the previous round."""
@@ -173,7 +206,10 @@ class Trial:
         state = load_torch(self.state_path) if self.state_path.exists() else None
         if state is not None and state["round"] >= config.prune.rounds:
             self.write_records(state["records"])
-            return state["records"]
+            return state["records"][:config.prune.rounds]
+        if state is not None and state["round"] > 0 and state.get("pruned_at") is None:
+            raise UserError("--out", f"{self.state_path} was written by an older lth-sweep that kept no mask "
+                                     "history; it cannot be continued: choose another --out")
         data = self.data  # loads (and checks) the dataset and the model before anything is written
         config.check_schedule(len(data.train_x) // config.train.batch_size)
         if not self.prunable_kinds:
@@ -194,10 +230,10 @@ class Trial:
         with_control = self.config.control != "none" and round_index > 0
         if state["phase"] == "ticket":
             result, pop = self.run_phase(state, "ticket", started)
-            last_round = round_index + 1 >= self.config.prune.rounds
-            pruned = None if last_round else next_masks(self.config, pop, self.round_masks(state, pop))
+            # after the last round too: a finished trial can be extended with more rounds
+            pruned = {n: m.cpu() for n, m in next_masks(self.config, pop, self.round_masks(state, pop)).items()}
             state.update(ROUND_START, phase="control", ticket=phase_metrics(result), samples=result.samples,
-                         next_masks=None if pruned is None else {n: m.cpu() for n, m in pruned.items()},
+                         next_masks=pruned, pruned_at=record_pruning(state.get("pruned_at"), pruned, round_index + 1),
                          elapsed=time.perf_counter() - started)
             if with_control:
                 self.save(state)
@@ -207,9 +243,8 @@ class Trial:
             control = phase_metrics(result)
             state["samples"] += result.samples
         record = self.make_record(state, control, time.perf_counter() - started)
-        masks = state["next_masks"] if state["next_masks"] is not None else state["masks"]
-        state.update(ROUND_START, records=[*state["records"], record], round=round_index + 1, masks=masks,
-                     next_masks=None, ticket=None, samples=0)
+        state.update(ROUND_START, records=[*state["records"], record], round=round_index + 1,
+                     masks=state["next_masks"], next_masks=None, ticket=None, samples=0)
         self.save(state)
         self.write_records(state["records"])
         if self.on_round is not None:
