@@ -133,7 +133,7 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
     from lth_sweep.sweep.schema import load_sweep
 
     sweep, experiment = load_sweep(sweep_file, parse_overrides(overrides))
-    spec = prepare_launch(sweep, experiment, storage, name)
+    spec = prepare_launch(sweep, experiment, storage, name, address)
     click.echo(f"# sweep {sweep.name}: {sweep.search.num_samples} trials, objective {sweep.objective.name}, "
                f"W&B {spec.wandb_mode} -> {spec.experiment_dir}")
     _, interrupted = run_sweep(spec, address, resume=False)
@@ -145,10 +145,11 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
 @click.option("--address", default=None, help="Ray cluster address (default: start Ray on this machine).")
 def resume(path: str, address: str | None) -> None:
     """Continue an interrupted sweep; finished rounds are never recomputed."""
-    from lth_sweep.sweep.launch import run_sweep
+    from lth_sweep.sweep.launch import check_resources, run_sweep, with_env_wandb_mode
     from lth_sweep.sweep.spec import load_spec
 
-    spec = load_spec(path)
+    spec = with_env_wandb_mode(load_spec(path))
+    check_resources(spec.sweep.resources, address)
     click.echo(f"# resuming sweep {spec.name} at {spec.experiment_dir}")
     _, interrupted = run_sweep(spec, address, resume=True)
     finish_sweep(spec, interrupted)
