@@ -127,11 +127,12 @@ def test_explicit_wandb_mode_wins_over_auto(env_mode: str, expected: str) -> Non
 def test_auto_without_wandb_mode_looks_for_a_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.delenv("NETRC", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
     assert resolve_mode("auto", {}) == "offline"
     assert resolve_mode("auto", {"WANDB_MODE": ""}) == "offline"
-    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
-    assert resolve_mode("auto", {}) == "online"
+    assert resolve_mode("auto", {"WANDB_API_KEY": FAKE_KEY}) == "online"
+    (tmp_path / ".netrc").write_text(f"machine api.wandb.ai\n  login user\n  password {FAKE_KEY}\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert resolve_mode("auto", {}) == "online"  # W&B's credential file
 
 
 def test_a_mode_in_the_sweep_file_is_kept() -> None:

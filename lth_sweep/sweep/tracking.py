@@ -35,8 +35,9 @@ SUMMARY_MODES = {"val_acc": "max", "test_acc": "max", "test_acc_at_early_stop": 
                  "val_loss_min": "min"}
 
 
-def has_api_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
+def has_api_key(environ: Mapping[str, str] | None = None) -> bool:
+    """A key in the environment or in W&B's credential file (~/.netrc, written by `wandb login`)."""
+    if (os.environ if environ is None else environ).get("WANDB_API_KEY"):
         return True
     try:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
@@ -60,7 +61,7 @@ def resolve_mode(mode: str, environ: Mapping[str, str] | None = None) -> str:
         if explicit not in ENV_MODES:
             raise UserError("WANDB_MODE", f"'{explicit}' is not a W&B mode; allowed: {', '.join(ENV_MODES)}")
         return ENV_MODES[explicit]
-    return "online" if has_api_key() else "offline"
+    return "online" if has_api_key(environ) else "offline"
 
 
 def init_timeout() -> float:
