@@ -31,10 +31,16 @@ def ray_tmp() -> Iterator[Path]:
     yield from h.private_ray_tmp()
 
 
+@pytest.fixture()
+def second_ray_tmp() -> Iterator[Path]:
+    """The refused driver's own Ray folder (short: Ray's socket paths): it must stay empty."""
+    yield from h.private_ray_tmp()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(500)
-def test_second_driver_is_refused_and_a_killed_one_is_taken_over(tmp_path: Path, data_root: Path,
-                                                                 ray_tmp: Path) -> None:
+def test_second_driver_is_refused_and_a_killed_one_is_taken_over(tmp_path: Path, data_root: Path, ray_tmp: Path,
+                                                                 second_ray_tmp: Path) -> None:
     tree = h.sweep_tree(data_root, epochs=20, rounds=ROUNDS, num_samples=NUM_SAMPLES, max_concurrent=1)
     sweep_file = h.write_sweep(tmp_path / "imp.yaml", tree)
     sweep_dir = tmp_path / "storage" / "imp"
@@ -42,8 +48,7 @@ def test_second_driver_is_refused_and_a_killed_one_is_taken_over(tmp_path: Path,
     with open(tmp_path / "launch.log", "w") as log:
         first = subprocess.Popen(h.cli_argv("launch", sweep_file, "--storage", tmp_path / "storage"), cwd=tmp_path,
                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    second_ray = tmp_path / "second-ray"  # the refused driver's own Ray folder: it must stay empty
-    second_ray.mkdir()
+    second_ray = second_ray_tmp
     try:
         h.poll(lambda: h.ledger(sweep_dir) or first.poll() is not None, timeout=300, interval=0.1,
                what="the first driver's first round")
