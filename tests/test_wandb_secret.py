@@ -144,3 +144,22 @@ def test_an_unknown_wandb_mode_is_refused() -> None:
     with pytest.raises(UserError) as err:
         resolve_mode("auto", {"WANDB_MODE": "sometimes"})
     assert err.value.key == "WANDB_MODE" and "offline" in err.value.message
+
+
+def test_resume_applies_an_explicit_wandb_mode(monkeypatch: pytest.MonkeyPatch, data_root: Path) -> None:
+    """A sweep whose `auto` went online at launch resumes offline when WANDB_MODE=offline is set now."""
+    from lth_sweep.sweep.launch import with_env_wandb_mode
+    from lth_sweep.sweep.schema import SweepConfig
+    from lth_sweep.sweep.spec import LaunchSpec
+
+    def spec(file_mode: str) -> LaunchSpec:
+        tree = h.sweep_tree(data_root, wandb={"mode": file_mode})
+        experiment = tree.pop("experiment")
+        return LaunchSpec(sweep=SweepConfig.model_validate(tree), experiment=experiment, experiment_dir="/x",
+                          wandb_mode="online")
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert with_env_wandb_mode(spec("auto")).wandb_mode == "offline"
+    assert with_env_wandb_mode(spec("online")).wandb_mode == "online"  # the sweep file said so
+    monkeypatch.delenv("WANDB_MODE")
+    assert with_env_wandb_mode(spec("auto")).wandb_mode == "online"  # nothing explicit: as launched

@@ -155,9 +155,9 @@ def no_node_fits(resources: ResourcesConfig, nodes: list[dict[str, float]]) -> s
     if any(node.get("CPU", 0) >= resources.cpu and node.get("GPU", 0) >= resources.gpu for node in nodes):
         return None
     shapes = sorted({(node.get("CPU", 0), node.get("GPU", 0)) for node in nodes})
-    biggest = ", ".join(f"{cpu:g} CPU/{gpu:g} GPU" for cpu, gpu in shapes) or "none"
+    shapes_text = ", ".join(f"{cpu:g} CPU/{gpu:g} GPU" for cpu, gpu in shapes) or "none"
     return (f"no alive node of the cluster has the {resources.cpu:g} CPU and {resources.gpu:g} GPU a trial asks "
-            f"for (resources.cpu/resources.gpu; nodes now: {biggest}); trials stay PENDING unless the "
+            f"for (resources.cpu/resources.gpu; nodes now: {shapes_text}); trials stay PENDING unless the "
             "autoscaler adds such a node")
 
 
