@@ -186,14 +186,16 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
     """Run a sweep: Ray Tune trials, each a full IMP schedule, searched by Optuna, logged to W&B."""
     from lth_sweep.config import parse_overrides
     from lth_sweep.sweep.launch import prepare_launch, run_sweep
+    from lth_sweep.sweep.lock import driver_lock
     from lth_sweep.sweep.schema import load_sweep
 
     sweep, experiment = load_sweep(sweep_file, parse_overrides(overrides))
-    spec = prepare_launch(sweep, experiment, storage, name)
-    click.echo(f"# sweep {sweep.name}: {sweep.search.num_samples} trials, objective {sweep.objective.name}, "
-               f"W&B {spec.wandb_mode} -> {spec.experiment_dir}")
-    _, interrupted = run_sweep(spec, address, resume=False)
-    finish_sweep(spec, interrupted)
+    spec = prepare_launch(sweep, experiment, storage, name, address)
+    with driver_lock(spec.experiment_dir):
+        click.echo(f"# sweep {sweep.name}: {sweep.search.num_samples} trials, objective {sweep.objective.name}, "
+                   f"W&B {spec.wandb_mode} -> {spec.experiment_dir}")
+        _, interrupted = run_sweep(spec, address, resume=False)
+        finish_sweep(spec, interrupted)
 
 
 @cli.command()
@@ -201,13 +203,19 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
 @click.option("--address", default=None, help="Ray cluster address (default: start Ray on this machine).")
 def resume(path: str, address: str | None) -> None:
     """Continue an interrupted sweep; finished rounds are never recomputed."""
-    from lth_sweep.sweep.launch import run_sweep
+    from lth_sweep.sweep.launch import check_resources, run_sweep, with_env_wandb_mode
+    from lth_sweep.sweep.lock import driver_lock
     from lth_sweep.sweep.spec import load_spec
 
-    spec = load_spec(path)
-    click.echo(f"# resuming sweep {spec.name} at {spec.experiment_dir}")
-    _, interrupted = run_sweep(spec, address, resume=True)
-    finish_sweep(spec, interrupted)
+    spec = with_env_wandb_mode(load_spec(path))
+    check_resources(spec.sweep.resources, address)
+    with driver_lock(spec.experiment_dir) as dead_driver:
+        click.echo(f"# resuming sweep {spec.name} at {spec.experiment_dir}")
+        if dead_driver:
+            click.echo(f"# taking the sweep over from pid {dead_driver.get('pid')} on host {dead_driver.get('host')}, "
+                       "which stopped without releasing it")
+        _, interrupted = run_sweep(spec, address, resume=True)
+        finish_sweep(spec, interrupted)
 
 
 @cli.command()

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from lth_sweep import storage
 from lth_sweep.errors import UserError
-from lth_sweep.sweep.schema import SweepConfig, objective_metrics
+from lth_sweep.sweep.schema import ResourcesConfig, SweepConfig, objective_metrics
 from lth_sweep.sweep.spec import SPEC_FILE, LaunchSpec, save_spec
 from lth_sweep.sweep.tracking import resolve_mode
 from lth_sweep.sweep.trainable import FAIL_ONCE_ENV, imp_trainable
@@ -92,11 +93,12 @@ def build_tuner(spec: LaunchSpec, on_cluster: bool):
 
 
 def init_ray(address: str | None, spec: LaunchSpec) -> None:
+    """Starts (or joins) Ray. The W&B API key is not in the runtime_env (Ray writes that to its logs):
+    local workers inherit it from this process, a cluster's workers read their own environment or
+    W&B's credential file."""
     import ray
 
     env_vars = {"WANDB_MODE": spec.wandb_mode, "WANDB_SILENT": "true"}
-    if spec.wandb_mode == "online" and os.environ.get("WANDB_API_KEY"):
-        env_vars["WANDB_API_KEY"] = os.environ["WANDB_API_KEY"]
     if os.environ.get(FAIL_ONCE_ENV):
         env_vars[FAIL_ONCE_ENV] = os.environ[FAIL_ONCE_ENV]
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -104,14 +106,69 @@ def init_ray(address: str | None, spec: LaunchSpec) -> None:
     if address is None:
         kwargs["include_dashboard"] = False
     ray.init(address=address, **kwargs)
+    if on_cluster(address):
+        warning = no_node_fits(spec.sweep.resources, [node["Resources"] for node in ray.nodes() if node["Alive"]])
+        if warning:
+            print(f"lth-sweep: warning: {warning}", file=sys.stderr)
+
+
+def with_env_wandb_mode(spec: LaunchSpec) -> LaunchSpec:
+    """On resume: an explicit WANDB_MODE now wins over the mode that `auto` resolved to at launch."""
+    if spec.sweep.wandb.mode != "auto" or not os.environ.get("WANDB_MODE"):
+        return spec
+    return spec.model_copy(update={"wandb_mode": resolve_mode("auto")})
+
+
+def on_cluster(address: str | None) -> bool:
+    """Whether Ray is joined rather than started here (`--address`, or RAY_ADDRESS, which ray.init reads)."""
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def machine_cpus() -> int:
+    """The CPUs this process may use (its affinity mask, as Ray counts them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def check_resources(resources: ResourcesConfig, address: str | None) -> None:
+    """Refuses, before Ray starts, a trial size that Ray started on this machine could never place."""
+    if on_cluster(address):
+        return
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if resources.gpu > gpus:
+        have = "no GPU" if gpus == 0 else f"{gpus} GPU{'s' if gpus > 1 else ''}"
+        allowed = "0" if gpus == 0 else f"0 to {gpus} (fractions share a GPU)"
+        raise UserError("resources.gpu", f"{resources.gpu:g} per trial, but this machine has {have} "
+                                         f"(torch.cuda.device_count() is {gpus}); allowed here: {allowed}, "
+                                         "or run on a cluster with --address")
+    cpus = machine_cpus()
+    if resources.cpu > cpus:
+        raise UserError("resources.cpu", f"{resources.cpu:g} per trial, but this machine has {cpus} CPUs; "
+                                         f"allowed here: up to {cpus}, or run on a cluster with --address")
+
+
+def no_node_fits(resources: ResourcesConfig, nodes: list[dict[str, float]]) -> str | None:
+    """A one-line warning when no node (its Ray resources: {"CPU": 4, "GPU": 1}) has what one trial asks for."""
+    if any(node.get("CPU", 0) >= resources.cpu and node.get("GPU", 0) >= resources.gpu for node in nodes):
+        return None
+    shapes = sorted({(node.get("CPU", 0), node.get("GPU", 0)) for node in nodes})
+    shapes_text = ", ".join(f"{cpu:g} CPU/{gpu:g} GPU" for cpu, gpu in shapes) or "none"
+    return (f"no alive node of the cluster has the {resources.cpu:g} CPU and {resources.gpu:g} GPU a trial asks "
+            f"for (resources.cpu/resources.gpu; nodes now: {shapes_text}); trials stay PENDING unless the "
+            "autoscaler adds such a node")
 
 
 # ------------------------------------------------------------------------------------ commands
 
 
 def prepare_launch(sweep: SweepConfig, experiment: dict[str, Any], storage_location: str | None,
-                   name: str | None) -> LaunchSpec:
-    """The launch spec, checked; raises UserError if the sweep already exists."""
+                   name: str | None, address: str | None = None) -> LaunchSpec:
+    """The launch spec, checked; raises UserError if the sweep already exists or asks for resources that
+    cannot exist here."""
+    check_resources(sweep.resources, address)
     if name is not None:
         sweep.name = name
     if not re.fullmatch(r"[A-Za-z0-9._-]+", sweep.name or ""):

@@ -9,6 +9,10 @@ without duplicating it:
 W&B drops rows whose step is not past the run's last one (online at once, offline when the run
 folders are synced in order). Rows are only known to be on disk once the run is finished, so that
 is when `logged_rounds.json` advances; a trial killed before then logs its rounds again.
+
+The API key is never handed around by us: W&B reads it in each process from `WANDB_API_KEY` or its own
+credential file. Online start-up is bounded (`WANDB_INIT_TIMEOUT`, default WANDB_INIT_TIMEOUT_S); when it
+fails, the trial writes offline run files instead, with one warning line.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import json
 import logging
 import netrc
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lth_sweep.checkpoint import write_text
+from lth_sweep.errors import UserError
 from lth_sweep.sweep.schema import WandbConfig
 
 log = logging.getLogger(__name__)
@@ -29,8 +35,9 @@ SUMMARY_MODES = {"val_acc": "max", "test_acc": "max", "test_acc_at_early_stop": 
                  "val_loss_min": "min"}
 
 
-def has_api_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
+def has_api_key(environ: Mapping[str, str] | None = None) -> bool:
+    """A key in the environment or in W&B's credential file (~/.netrc, written by `wandb login`)."""
+    if (os.environ if environ is None else environ).get("WANDB_API_KEY"):
         return True
     try:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
@@ -38,11 +45,37 @@ def has_api_key() -> bool:
         return False
 
 
-def resolve_mode(mode: str) -> str:
-    """`auto` is online when an API key is configured, otherwise offline."""
-    if mode == "auto":
-        return "online" if has_api_key() else "offline"
-    return mode
+# W&B's values of WANDB_MODE and what they mean here ("dryrun" and "run" are W&B's old names).
+ENV_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline", "disabled": "disabled"}
+WANDB_INIT_TIMEOUT_S = 10.0
+
+
+def resolve_mode(mode: str, environ: Mapping[str, str] | None = None) -> str:
+    """`auto`: an explicit WANDB_MODE in the environment wins; else online when an API key is configured,
+    otherwise offline. A mode the sweep file names is kept."""
+    if mode != "auto":
+        return mode
+    environ = os.environ if environ is None else environ
+    explicit = environ.get("WANDB_MODE", "").strip().lower()
+    if explicit:
+        if explicit not in ENV_MODES:
+            raise UserError("WANDB_MODE", f"'{explicit}' is not a W&B mode; allowed: {', '.join(ENV_MODES)}")
+        return ENV_MODES[explicit]
+    return "online" if has_api_key(environ) else "offline"
+
+
+def init_timeout() -> float:
+    """Seconds W&B may take to start a run: W&B's own WANDB_INIT_TIMEOUT if set, else a few seconds."""
+    try:
+        return float(os.environ["WANDB_INIT_TIMEOUT"])
+    except (KeyError, ValueError):
+        return WANDB_INIT_TIMEOUT_S
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one line (W&B's messages run over several)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def scalar_metrics(record: dict[str, Any]) -> dict[str, float]:
@@ -73,11 +106,10 @@ class Tracker:
             import wandb
 
             directory.mkdir(parents=True, exist_ok=True)
-            self.run = wandb.init(
-                project=settings.project, entity=settings.entity, group=group, name=run_name, id=run_id,
-                resume="allow", config=config, dir=str(directory), mode=self.mode, reinit="create_new",
-                settings=wandb.Settings(init_timeout=60, console="off", x_disable_stats=True),
-            )
+            start = {"project": settings.project, "entity": settings.entity, "group": group, "name": run_name,
+                     "id": run_id, "resume": "allow", "config": config, "dir": str(directory),
+                     "reinit": "create_new"}
+            self.run = self._start(wandb, start, directory)
             self.run.define_metric("round")
             self.run.define_metric("curve/iteration")
             self.run.define_metric("curve/*", step_metric="curve/iteration")
@@ -89,8 +121,24 @@ class Tracker:
         except Exception as err:  # noqa: BLE001 - tracking must never fail the trial
             self._give_up(err)
 
+    def _start(self, wandb: Any, start: dict[str, Any], directory: Path) -> Any:
+        """wandb.init, bounded; online trouble falls back to offline run files under `directory`."""
+        def settings() -> Any:
+            return wandb.Settings(init_timeout=init_timeout(), console="off", x_disable_stats=True)
+
+        try:
+            return wandb.init(mode=self.mode, settings=settings(), **start)
+        except Exception as err:  # noqa: BLE001 - W&B raises several types (CommError, UsageError, ...)
+            if self.mode != "online":
+                raise
+            log.warning("W&B did not start online (%s); this trial's run is written offline under %s "
+                        "(upload it later with: wandb sync)", first_line(err), directory / "wandb")
+        wandb.teardown()  # the failed online run still holds its id in W&B's service
+        self.mode = "offline"
+        return wandb.init(mode="offline", settings=settings(), **start)
+
     def _give_up(self, err: BaseException) -> None:
-        log.warning("W&B tracking is off for this trial: %s", err)
+        log.warning("W&B tracking is off for this trial: %s", first_line(err))
         self.run = None
 
     def log_round(self, record: dict[str, Any], extra: dict[str, Any]) -> None:
