@@ -186,7 +186,8 @@ class PhaseTrainer:
         x = self.data.train_x[self.static_idx]
         y = self.data.train_y[self.static_idx]
         if self.data.augment:
-            flat = augment_batch(x.flatten(0, 1), self.static_shifts.flatten(0, 1), self.static_flips.flatten())
+            flat = augment_batch(x.flatten(0, 1), self.static_shifts.flatten(0, 1), self.static_flips.flatten(),
+                                 fill=self.data.pad_fill)
             x = flat.view_as(x)
         if self.channels_last:  # [1, B, C, H, W] -> NHWC for the single model's cuDNN kernels
             x = x[0].contiguous(memory_format=torch.channels_last).unsqueeze(0)

@@ -11,6 +11,15 @@ from typing import Any
 
 from lth_sweep.sweep.schema import ObjectiveConfig
 
+BEST_BY_VAL_KEYS = ("round", "density", "val_acc", "test_acc", "test_acc_at_early_stop")
+
+
+def best_by_validation(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The round with the best val_acc so far (the sparser one on a tie), as best_by_val_* values: the
+    honest way to quote one test number for a trial (test accuracy itself is never maximized over rounds)."""
+    best = max(records, key=lambda r: (r["val_acc"], -r["density"]))
+    return {f"best_by_val_{key}": best[key] for key in BEST_BY_VAL_KEYS}
+
 
 def matching_density(records: list[dict[str, Any]], tolerance: float) -> float:
     """Smallest density whose val_acc is within `tolerance` of the same trial's dense val_acc."""
