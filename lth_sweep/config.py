@@ -105,6 +105,22 @@ class RewindConfig(Section):
         return self
 
 
+class StabilityConfig(Section):
+    """Instability analysis (Frankle et al. 2020): a copy of each round's network, trained from the same
+    start under the same mask with another data order, and the test error on the line between the two."""
+
+    points: int = Field(default=0, ge=0, description="0 = off; otherwise >= 3 evenly spaced points, ends included")
+    bn_batches: int = Field(default=10, ge=1, description="training batches that re-estimate BatchNorm "
+                                                          "statistics at each point")
+
+    @model_validator(mode="after")
+    def _off_or_three(self) -> StabilityConfig:
+        if self.points in (1, 2):
+            raise UserError("stability.points", f"{self.points}: allowed: 0 (off) or at least 3 (the two ends "
+                                                "and a point between them)")
+        return self
+
+
 class RuntimeConfig(Section):
     """How to run, not what to compute: excluded from the config hash."""
 
@@ -127,6 +143,7 @@ class ExperimentConfig(Section):
     prune: PruneConfig = Field(default_factory=PruneConfig)
     rewind: RewindConfig = Field(default_factory=RewindConfig)
     control: Literal["none", "reinit", "random_mask"] = "none"
+    stability: StabilityConfig = Field(default_factory=StabilityConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")
@@ -142,8 +159,11 @@ class ExperimentConfig(Section):
 
     def science_dict(self) -> dict[str, Any]:
         """The keys that determine the results (device, runtime knobs and where data is read from left out)."""
-        return self.model_dump(mode="json", exclude={"device": True, "runtime": True,
-                                                     "dataset": {"root", "download"}})
+        science = self.model_dump(mode="json", exclude={"device": True, "runtime": True,
+                                                        "dataset": {"root", "download"}})
+        if not self.stability.points:  # off: the hash of every experiment from before the key existed
+            science.pop("stability")
+        return science
 
     def config_hash(self) -> str:
         text = json.dumps(self.science_dict(), sort_keys=True, separators=(",", ":"))
