@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_resume import comparable, kill_when, read_state, rounds_written
 
-from lth_sweep.config import MODELS, ExperimentConfig, build_experiment
+from lth_sweep.config import MODELS, ExperimentConfig, ModelConfig, build_experiment
 from lth_sweep.engine import pruning, stability
 from lth_sweep.engine.data import DatasetSplits
 from lth_sweep.engine.lottery import Trial
@@ -76,14 +77,33 @@ def test_the_copy_is_the_ticket_until_the_fork(make_config: MakeConfig, mnist1d:
 
 
 def tiny_data(model: str) -> DatasetSplits:
-    """32 random inputs (3x16x16 images for the conv nets, 1x8x8 otherwise), as in test_replicates."""
+    """Random inputs (3x16x16 images for the conv nets, 1x8x8 otherwise), as in test_replicates: 32 to
+    train on, 8 to validate, 200 to test (so test errors resolve differences of 0.5%)."""
     image = model not in ("mlp", "lenet_300_100")
     shape = (3, 16, 16) if image else (1, 8, 8)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(48, *shape, generator=gen)
-    y = torch.randint(0, 10, (48,), generator=gen)
+    x = torch.randn(240, *shape, generator=gen)
+    y = torch.randint(0, 10, (240,), generator=gen)
     return DatasetSplits("cifar10" if image else "mnist", x[:32], y[:32], x[32:40], y[32:40], x[40:], y[40:],
                          shape, 10, augment=image)
+
+
+def test_instability_is_the_barrier_above_the_ends() -> None:
+    assert stability.instability([0.1, 0.3, 0.2]) == pytest.approx(0.15)
+    assert stability.instability([0.2, 0.15, 0.1]) == pytest.approx(0.05)  # the max may be an end
+
+
+def test_batchnorm_statistics_are_the_average_over_the_fixed_batches() -> None:
+    pop = Population.initialize(lambda: build_model(ModelConfig(name="resnet20"), (3, 8, 8), 10), [0, 1], CPU)
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(8, 3, 8, 8, generator=gen) * 2 + 1 for _ in range(3)]
+    stability.recompute_batchnorm(pop, batches)
+    for k in range(2):
+        weight = pop.params["conv.weight"][k].detach()  # the first BatchNorm normalizes this conv's output
+        means = torch.stack([F.conv2d(b, weight, padding=1).mean(dim=(0, 2, 3)) for b in batches]).mean(0)
+        assert torch.allclose(pop.buffers["bn.running_mean"][k], means, rtol=0, atol=1e-5)
+        assert int(pop.buffers["bn.num_batches_tracked"][k]) == 3
+    assert all(layer.momentum == 0.1 for layer in stability.batchnorm_layers(pop.template))
 
 
 @pytest.mark.parametrize("model", MODELS)
