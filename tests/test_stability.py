@@ -22,6 +22,8 @@ from lth_sweep.engine.models import build_model
 from lth_sweep.engine.population import Population
 from lth_sweep.engine.train import EarlyStop, PhaseTrainer
 from lth_sweep.errors import UserError
+from lth_sweep.sweep.objectives import objective_value, stable_matching_density
+from lth_sweep.sweep.schema import ObjectiveConfig, load_sweep, objective_metrics
 
 CPU = torch.device("cpu")
 MakeConfig = Callable[..., ExperimentConfig]
@@ -167,3 +169,29 @@ def test_killed_stability_run_resumes_to_the_same_records(
     for want, have in zip(expected, got, strict=True):
         differing = sorted(k for k in want.keys() | have.keys() if not same(want.get(k), have.get(k)))
         assert not differing, f"round {want['round']}: {[(k, want.get(k), have.get(k)) for k in differing]}"
+
+
+# ---------------------------------------------------------------------------------------- the objective
+
+
+def test_stable_matching_density_skips_matching_but_unstable_rounds() -> None:
+    records = [{"density": 1.0, "val_acc": 0.90, "instability": 0.01},
+               {"density": 0.5, "val_acc": 0.90, "instability": 0.00},
+               {"density": 0.25, "val_acc": 0.91, "instability": 0.08},  # matches, but unstable
+               {"density": 0.12, "val_acc": 0.70, "instability": 0.00}]  # stable, but does not match
+    assert stable_matching_density(records, tolerance=0.01, bound=0.02) == 0.5
+    assert stable_matching_density(records, tolerance=0.01, bound=0.1) == 0.25
+    assert stable_matching_density(records[:1] + records[2:3], tolerance=0.01, bound=0.0) == 1.0  # none qualifies
+    objective = ObjectiveConfig(name="stable_matching_density", tolerance=0.01, instability_bound=0.02)
+    assert objective_value(records, objective) == 0.5
+    assert objective_metrics(objective) == (["objective"], ["min"])
+
+
+def test_stable_matching_density_needs_stability_on(tmp_path: Path, make_raw: Callable[..., dict[str, Any]],
+                                                    write_yaml_file: Callable[[Path, dict[str, Any]], Path]) -> None:
+    sweep = {"experiment": make_raw(), "objective": {"name": "stable_matching_density"},
+             "search": {"space": {"rewind.iteration": {"int": [0, 50]}}, "num_samples": 2}}
+    with pytest.raises(UserError) as err:
+        load_sweep(write_yaml_file(tmp_path / "off.yaml", sweep))
+    assert err.value.key == "objective.name" and "stability.points" in err.value.message
+    load_sweep(write_yaml_file(tmp_path / "on.yaml", {**sweep, "set": {"stability.points": 3}}))
