@@ -27,6 +27,14 @@ def matching_density(records: list[dict[str, Any]], tolerance: float) -> float:
     return min(r["density"] for r in records if r["val_acc"] >= dense - tolerance)
 
 
+def stable_matching_density(records: list[dict[str, Any]], tolerance: float, bound: float) -> float:
+    """Smallest density that matches (val_acc within `tolerance` of dense) and is stable (instability <=
+    `bound`); 1.0 (the dense network, no sparsity gained) while no round qualifies."""
+    dense = records[0]["val_acc"]
+    return min((r["density"] for r in records if r["val_acc"] >= dense - tolerance and
+                r.get("instability", math.inf) <= bound), default=1.0)
+
+
 def val_acc_at_density(records: list[dict[str, Any]], target: float, final: bool) -> float:
     """val_acc at `target` density, interpolated linearly in log-density between the rounds around it.
 
@@ -46,6 +54,8 @@ def objective_value(records: list[dict[str, Any]], objective: ObjectiveConfig, f
     """The running value of a single objective after the rounds in `records`."""
     if objective.name == "matching_density":
         return matching_density(records, objective.tolerance)
+    if objective.name == "stable_matching_density":
+        return stable_matching_density(records, objective.tolerance, objective.instability_bound)
     if objective.name == "best_val_acc":
         return max(r["val_acc"] for r in records)
     if objective.name == "val_acc_at_density":
