@@ -249,3 +249,35 @@ def test_cifar_crop_padding_is_black(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.equal(border, black("cifar10").view(1, 3, 1, 1).expand_as(border))
     # the image itself is untouched: the bottom-right 4x4 of the crop is the image's top-left 4x4
     assert not torch.equal(seen[0][:, :, 4:, 4:], torch.zeros_like(seen[0][:, :, 4:, 4:]))
+
+
+# ------------------------------------------------------------------------- W&B summaries of test accuracy
+
+
+def test_wandb_summary_is_the_last_rounds_test_accuracy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real W&B, offline: round 1 has the best test accuracy, round 2 (sparser) a worse one. The summary's
+    test_acc is round 2's, never the maximum over sparsities; best_by_val_* is round 1 (best val_acc)."""
+    import sweep_helpers as h
+
+    from lth_sweep.sweep.objectives import best_by_validation
+    from lth_sweep.sweep.schema import WandbConfig
+    from lth_sweep.sweep.tracking import Tracker
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tracker = Tracker(WandbConfig(mode="offline"), "g", "summary-test", "summary-test", {}, tmp_path, None, 10)
+    records: list[dict[str, Any]] = []
+    for r, (val_acc, test_acc) in enumerate([(0.90, 0.90), (0.93, 0.95), (0.85, 0.80)]):
+        records.append({"round": r, "density": 0.8 ** r, "val_acc": val_acc, "test_acc": test_acc,
+                        "test_acc_at_early_stop": test_acc - 0.01})
+        tracker.log_round(records[-1], best_by_validation(records))
+    tracker.finish()
+    (run_dir,) = tmp_path.glob("wandb/offline-run-*")
+    summary: dict[str, Any] = {}
+    for record in h.wandb_records(run_dir):
+        if record.get("type") == "summary":
+            summary.update(record["summary"]["update"])
+    assert summary["test_acc"] == {"last": 0.80}
+    assert summary["test_acc_at_early_stop"] == {"last": pytest.approx(0.79)}
+    assert summary["val_acc"] == {"max": 0.93}
+    assert summary["best_by_val_round"] == {"last": 1} and summary["best_by_val_test_acc"] == {"last": 0.95}
