@@ -117,7 +117,7 @@ def test_every_model_records_a_stability_path(model: str, tmp_path: Path) -> Non
     config = build_experiment({
         "device": "cpu", "replicates": 1 if heavy else 2, "dataset": {"name": data.name, "augment": data.augment},
         "model": {"name": model, "widths": [16]},
-        "train": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 8, "iterations": 6,
+        "train": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 8, "iterations": 4 if heavy else 6,
                   "eval_every": 2},
         "prune": {"strategy": "global", "rate": 0.5, "output_rate": 0.0, "rounds": 2}, "rewind": {"iteration": 2},
         "control": "none" if heavy else "random_mask", "stability": {"points": 3, "bn_batches": 2},

@@ -6,6 +6,9 @@ iteration counter, so the learning-rate schedule resumes at the rewind point; an
 function of the seed and epoch only). What is not rewound: the optimizer, which starts fresh (zero
 momentum and Adam moments, Adam's step count from zero), as in open_lth.
 
+With `stability.points` > 0 every phase trains 2K members, the K replicates and then their K stability copies
+(engine/stability.py); state.pt holds all 2K mid-phase, rewind.pt and the records only the K replicates.
+
 Files in the trial directory, each written atomically:
   config.yaml    the resolved experiment
   rewind.pt      the rewind snapshot (written once, in round 0)
