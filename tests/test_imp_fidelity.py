@@ -281,3 +281,22 @@ def test_wandb_summary_is_the_last_rounds_test_accuracy(tmp_path: Path, monkeypa
     assert summary["test_acc_at_early_stop"] == {"last": pytest.approx(0.79)}
     assert summary["val_acc"] == {"max": 0.93}
     assert summary["best_by_val_round"] == {"last": 1} and summary["best_by_val_test_acc"] == {"last": 0.95}
+
+
+# ------------------------------------------------------------------ every replicate keeps the same number
+
+
+def test_pruning_refuses_replicates_with_different_alive_counts() -> None:
+    """Pruning reads the alive count once for all replicates: masks that disagree are a bug upstream."""
+    weights = {"w": torch.randn(2, 10)}
+    masks = {"w": torch.ones(2, 10, dtype=torch.bool)}
+    masks["w"][1, :3] = False  # replicate 1 has 7 alive, replicate 0 has 10
+    with pytest.raises(AssertionError, match="different alive counts"):
+        pruning.prune_layerwise(weights, masks, {"w": 0.2})
+    with pytest.raises(AssertionError, match="different alive counts"):
+        pruning.prune_global(weights, masks, 0.2)
+    with pytest.raises(AssertionError, match="different alive counts"):
+        pruning.density(masks)
+    # global pruning may split survivors differently between tensors; the totals agree, which is what counts
+    split = {"a": torch.tensor([[True, True], [True, False]]), "b": torch.tensor([[True, False], [True, True]])}
+    assert pruning.density(split) == 0.75
