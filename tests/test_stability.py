@@ -110,15 +110,16 @@ def test_batchnorm_statistics_are_the_average_over_the_fixed_batches() -> None:
 
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_records_a_stability_path(model: str, tmp_path: Path) -> None:
-    """Two replicates and a random_mask control, except VGG-16: one replicate and no control there (its
-    stacked convolutions run at ~1 s per step on a CPU core)."""
+    """Two replicates and a random_mask control, except for the big conv nets (Conv-4/6, VGG-16): one
+    replicate and no control there, as their stacked convolutions are slow on a CPU core (VGG-16 ~1 s a step);
+    Conv-2 and ResNet-20 cover replicates and controls for conv nets and BatchNorm."""
     data = tiny_data(model)
-    heavy = model == "vgg16"
+    heavy = model in ("conv4", "conv6", "vgg16")
     config = build_experiment({
         "device": "cpu", "replicates": 1 if heavy else 2, "dataset": {"name": data.name, "augment": data.augment},
         "model": {"name": model, "widths": [16]},
-        "train": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 8, "iterations": 4 if heavy else 6,
-                  "eval_every": 2},
+        "train": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 8,
+                  "iterations": 4 if model == "vgg16" else 6, "eval_every": 2},
         "prune": {"strategy": "global", "rate": 0.5, "output_rate": 0.0, "rounds": 2}, "rewind": {"iteration": 2},
         "control": "none" if heavy else "random_mask", "stability": {"points": 3, "bn_batches": 2},
     })
