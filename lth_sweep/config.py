@@ -106,6 +106,22 @@ class RewindConfig(Section):
         return self
 
 
+class StabilityConfig(Section):
+    """Instability analysis (Frankle et al. 2020): a copy of each round's network, trained from the same
+    start under the same mask with another data order, and the test error on the line between the two."""
+
+    points: int = Field(default=0, ge=0, description="0 = off; otherwise >= 3 evenly spaced points, ends included")
+    bn_batches: int = Field(default=10, ge=1, description="training batches that re-estimate BatchNorm "
+                                                          "statistics at each point")
+
+    @model_validator(mode="after")
+    def _off_or_three(self) -> StabilityConfig:
+        if self.points in (1, 2):
+            raise UserError("stability.points", f"{self.points}: allowed: 0 (off) or at least 3 (the two ends "
+                                                "and a point between them)")
+        return self
+
+
 class RuntimeConfig(Section):
     """How to run, not what to compute: excluded from the config hash."""
 
@@ -128,6 +144,7 @@ class ExperimentConfig(Section):
     prune: PruneConfig = Field(default_factory=PruneConfig)
     rewind: RewindConfig = Field(default_factory=RewindConfig)
     control: Literal["none", "reinit", "random_mask"] = "none"
+    stability: StabilityConfig = Field(default_factory=StabilityConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")
@@ -146,8 +163,11 @@ class ExperimentConfig(Section):
 
         `prune.rounds` is left out too (as open_lth leaves out its number of levels): round r of a trial does
         not depend on how many rounds follow it, so a longer run of the same config extends a shorter one."""
-        return self.model_dump(mode="json", exclude={"device": True, "runtime": True,
-                                                     "dataset": {"root", "download"}, "prune": {"rounds"}})
+        science = self.model_dump(mode="json", exclude={"device": True, "runtime": True,
+                                                        "dataset": {"root", "download"}, "prune": {"rounds"}})
+        if not self.stability.points:  # off: the hash of every experiment from before the key existed
+            science.pop("stability")
+        return science
 
     def config_hash(self) -> str:
         text = json.dumps(self.science_dict(), sort_keys=True, separators=(",", ":"))

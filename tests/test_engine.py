@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,9 @@ def prunable_sizes(config: ExperimentConfig) -> dict[str, tuple[str, int]]:
 
 
 def alive_after(n: int, rate: float, rounds: int) -> int:
+    """n after `rounds` prunings at `rate`, the pruned count rounded half up (as the README says)."""
     for _ in range(rounds):
-        n -= round(rate * n)
+        n -= int(Decimal(str(rate)) * n + Decimal("0.5"))
     return n
 
 
@@ -275,9 +276,7 @@ def test_rerun_of_a_finished_trial_recomputes_nothing(
     called: list[str] = []
     trial = Trial(config, out, on_round=lambda _r: called.append("round"),
                   on_eval=lambda *_a: called.append("eval"))  # no data given: it must not need any
-    started = time.perf_counter()
     again = trial.run()
-    assert time.perf_counter() - started < 3.0  # loading state.pt only; a round takes longer
     assert again == returned and called == []
     assert (out / "rounds.jsonl").read_text() == jsonl
     assert (out / "state.pt").read_bytes() == state_bytes and (out / "rewind.pt").read_bytes() == rewind_bytes

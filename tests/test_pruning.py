@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 import torch
 
@@ -43,7 +45,8 @@ def assert_masks_equal(got: dict[str, torch.Tensor], expected: dict[str, torch.T
 
 @pytest.mark.parametrize("n, rate, kept", [(10, 0.2, 8), (100, 0.2, 80), (1280, 0.2, 1024), (320, 0.1, 288),
                                            (7, 0.1, 6), (3, 0.1, 3), (9, 0.3, 6), (1, 0.2, 1), (0, 0.5, 0),
-                                           (41, 0.2, 33), (288, 0.1, 259)])
+                                           (41, 0.2, 33), (288, 0.1, 259),
+                                           (15, 0.1, 13), (25, 0.1, 22), (7, 0.5, 3), (10, 0.15, 8)])
 def test_survivors(n: int, rate: float, kept: int) -> None:
     assert survivors(n, rate) == kept
 
@@ -170,8 +173,9 @@ def random_weights(k: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 def expected_alive(n: int, rate: float, rounds: int) -> int:
+    """The survivor recurrence with the pruned count rounded half up."""
     for _ in range(rounds):
-        n = n - round(rate * n)
+        n = n - int(Decimal(str(rate)) * n + Decimal("0.5"))
     return n
 
 

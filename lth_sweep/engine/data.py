@@ -45,6 +45,7 @@ class DatasetSplits:
     input_shape: tuple[int, ...]
     num_classes: int
     augment: bool  # pad-4 random crop + horizontal flip while training (cifar10 only)
+    pad_fill: torch.Tensor | None = None  # per-channel value of the crop padding: black (0 before normalization)
 
 
 def _cifar10_class() -> type:
@@ -97,7 +98,14 @@ def load_dataset(cfg: DatasetConfig, device: torch.device) -> DatasetSplits:
         input_shape=tuple(train_x.shape[1:]),
         num_classes=10,
         augment=cfg.name == "cifar10" if cfg.augment is None else cfg.augment,
+        pad_fill=put(black(cfg.name)) if cfg.name in NORMALIZATION else None,
     )
+
+
+def black(name: str) -> torch.Tensor:
+    """The normalized value of a black pixel (0 before normalization), per channel: -mean/std, [C]."""
+    mean, std = (torch.tensor(v, dtype=torch.float32) for v in NORMALIZATION[name])
+    return -mean / std
 
 
 def _check_files(folder: Path, names: tuple[str, ...], download: bool) -> None:
@@ -183,13 +191,19 @@ def draw_augment_params(n: int, generator: torch.Generator,
     return shifts, flips
 
 
-def augment_batch(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """Zero-pad [n, C, H, W] by `pad`, crop HxW at (shifts[i, 0], shifts[i, 1]), flip where flips[i].
+def augment_batch(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int = 4,
+                  fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Pad [n, C, H, W] by `pad` with `fill` (per channel [C]; None = 0), crop HxW at (shifts[i, 0],
+    shifts[i, 1]), flip where flips[i]. Datasets pass their black pixel (`black`), as torchvision's
+    RandomCrop(padding=4) pads the unnormalized image with 0.
 
     One pad and one gather for the whole batch; the flip is folded into the gather's column indices.
     """
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
+    if fill is not None:  # the border takes the per-channel fill, the image keeps its exact values
+        border = F.pad(torch.zeros(1, 1, h, w, dtype=torch.bool, device=x.device), (pad, pad, pad, pad), value=True)
+        padded = torch.where(border, fill.to(x.dtype).view(1, c, 1, 1), padded)
     rows = shifts[:, 0:1] + torch.arange(h, device=x.device)  # [n, H]
     cols = shifts[:, 1:2] + torch.arange(w, device=x.device)  # [n, W]
     cols = torch.where(flips[:, None], cols.flip(1), cols)

@@ -6,6 +6,9 @@ iteration counter, so the learning-rate schedule resumes at the rewind point; an
 function of the seed and epoch only). What is not rewound: the optimizer, which starts fresh (zero
 momentum and Adam moments, Adam's step count from zero), as in open_lth.
 
+With `stability.points` > 0 every phase trains 2K members, the K replicates and then their K stability copies
+(engine/stability.py); state.pt holds all 2K mid-phase, rewind.pt and the records only the K replicates.
+
 Files in the trial directory, each written atomically:
   config.yaml    the resolved experiment
   rewind.pt      the rewind snapshot (written once, in round 0)
@@ -36,7 +39,7 @@ import torch
 
 from lth_sweep.checkpoint import load_torch, save_torch, write_text
 from lth_sweep.config import ExperimentConfig, dump_yaml, load_experiment
-from lth_sweep.engine import pruning
+from lth_sweep.engine import pruning, stability
 from lth_sweep.engine.data import DatasetSplits, load_dataset
 from lth_sweep.engine.models import build_model
 from lth_sweep.engine.population import Population
@@ -103,13 +106,43 @@ def summarize(results: dict[str, list[float]]) -> dict[str, Any]:
     return out
 
 
-def phase_metrics(result: PhaseResult) -> dict[str, list[float]]:
-    return {
+def phase_metrics(result: PhaseResult) -> dict[str, list[Any]]:
+    metrics: dict[str, list[Any]] = {
         "val_acc": result.val_acc, "val_loss": result.val_loss,
         "val_loss_min": result.early_stop.val_loss_min, "early_stop_iter": result.early_stop.iteration,
         "test_acc": result.test_acc, "test_acc_at_early_stop": result.early_stop.test_acc,
         "train_loss": result.train_loss,
     }
+    if result.stability_path is not None:
+        metrics["instability"] = [stability.instability(path) for path in result.stability_path]
+        metrics["stability_path"] = result.stability_path
+    return metrics
+
+
+def summarize_phase(metrics: dict[str, list[Any]]) -> dict[str, Any]:
+    """`summarize`, with the stability paths (one list per replicate) averaged point by point."""
+    scalars = {k: v for k, v in metrics.items() if k != "stability_path"}
+    out = summarize(scalars)
+    paths = metrics.get("stability_path")
+    if paths is not None:
+        out["stability_path"] = [statistics.fmean(values) for values in zip(*paths, strict=True)]
+        if len(paths) > 1:
+            out["per_replicate"]["stability_path"] = paths
+    return out
+
+
+def ticket_members(pop: Population, replicates: int) -> Population:
+    """The replicates of a phase's population, without their stability copies."""
+    return pop if pop.size == replicates else pop.members(0, replicates)
+
+
+def first_members(result: PhaseResult, replicates: int) -> PhaseResult:
+    """The replicates' results, without their stability copies'."""
+    stop = result.early_stop
+    return PhaseResult(result.val_acc[:replicates], result.val_loss[:replicates], result.test_acc[:replicates],
+                       result.train_loss[:replicates],
+                       EarlyStop(stop.val_loss_min[:replicates], stop.iteration[:replicates],
+                                 stop.test_acc[:replicates]), result.samples, result.stability_path)
 
 
 class Trial:
@@ -262,14 +295,14 @@ class Trial:
             "round": state["round"],
             "density": record_density,
             "density_by_kind": by_kind,
-            **summarize(state["ticket"]),
+            **summarize_phase(state["ticket"]),
             "seconds": seconds,
             "samples_per_s": state["samples"] / seconds if seconds > 0 else 0.0,
             "replicates": self.config.replicates,
             "seeds": self.seeds,
         }
         if control is not None:
-            summary = summarize(control)
+            summary = summarize_phase(control)
             summary.pop("per_replicate", None)
             record.update({f"control_{k}": v for k, v in summary.items()})
             record["control"] = self.config.control
@@ -298,6 +331,8 @@ class Trial:
 
     def resume_population(self, state: dict[str, Any]) -> tuple[Population, pruning.Masks]:
         pop = self.fresh_population()
+        if self.config.stability.points:
+            pop = pop.tiled(2)
         pop.load({n: t.to(self.device) for n, t in {**state["params"], **state["buffers"]}.items()})
         return pop, {n: m.to(self.device) for n, m in state["phase_masks"].items()}
 
@@ -307,11 +342,14 @@ class Trial:
         phase_start = 0 if state["round"] == 0 else rewind_at
         if state["iteration"] is None:
             pop, masks = self.start_population(state, phase)
+            if config.stability.points:
+                pop, masks = stability.with_copies(pop, masks)
             start, early_stop = phase_start, EarlyStop.fresh(pop.size)
         else:
             pop, masks = self.resume_population(state)
             start, early_stop = state["iteration"], EarlyStop(**state["early_stop"])
-        trainer = PhaseTrainer(config, self.data, pop, masks, self.seeds)
+        copies = stability.copy_seeds(self.seeds) if config.stability.points else None
+        trainer = PhaseTrainer(config, self.data, pop, masks, self.seeds, copies, fork_at=rewind_at)
         if state["iteration"] is not None:
             trainer.optimizer.load_state_dict(
                 {k: [t.to(self.device) for t in v] for k, v in state["optimizer"].items()})
@@ -332,14 +370,20 @@ class Trial:
             self.save(state)
 
         def save_rewind_point() -> None:
-            save_torch(self.rewind_path, {n: t.cpu() for n, t in pop.snapshot().items()})
+            snapshot = ticket_members(pop, len(self.seeds)).snapshot()
+            save_torch(self.rewind_path, {n: t.cpu() for n, t in snapshot.items()})
 
         def report_eval(evaluation: Evaluation) -> None:
-            if self.on_eval is not None:
-                self.on_eval(state["round"], phase, evaluation)
+            if self.on_eval is not None:  # the replicates' values, not their stability copies'
+                k = len(self.seeds)
+                self.on_eval(state["round"], phase, Evaluation(evaluation.iteration, evaluation.val_loss[:k],
+                                                               evaluation.val_acc[:k],
+                                                               {n: v[:k] for n, v in evaluation.extras.items()}))
 
         rewind_in_this_phase = rewind_at if state["round"] == 0 else None
         trainer.run(start, early_stop, save_progress, report_eval, rewind_in_this_phase, save_rewind_point)
         result = trainer.finish(early_stop)
         result.samples = (trainer.total - phase_start) * config.train.batch_size * pop.size
-        return result, pop
+        if config.stability.points:
+            result.stability_path = stability.stability_path(config, self.data, pop, trainer.autocast)
+        return first_members(result, len(self.seeds)), ticket_members(pop, len(self.seeds))

@@ -79,6 +79,20 @@ class Population:
             for name, tensor in {**self.params, **self.buffers}.items():
                 tensor.copy_(state[name])
 
+    def tiled(self, times: int) -> Population:
+        """A new population of `times` x K members: member j * K + k starts as a copy of member k."""
+        def tile(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().repeat(times, *[1] * (t.dim() - 1))
+
+        params = {n: tile(p).requires_grad_(True) for n, p in self.params.items()}
+        return Population(self.template, params, {n: tile(b) for n, b in self.buffers.items()},
+                          self.prunable_kinds)
+
+    def members(self, start: int, stop: int) -> Population:
+        """Members start..stop-1 as a population that shares their storage (views)."""
+        return Population(self.template, {n: p[start:stop] for n, p in self.params.items()},
+                          {n: b[start:stop] for n, b in self.buffers.items()}, self.prunable_kinds)
+
     def apply_masks(self, masks: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for name, mask in masks.items():

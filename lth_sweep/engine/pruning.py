@@ -7,14 +7,30 @@ weights that are still alive compete for survival.
 
 from __future__ import annotations
 
+from decimal import ROUND_HALF_UP, Decimal
+
 import torch
 
 Masks = dict[str, torch.Tensor]
 
 
 def survivors(n_alive: int, rate: float) -> int:
-    """Weights kept when pruning `rate` of `n_alive`: n_alive - round(rate * n_alive)."""
-    return n_alive - round(rate * n_alive)
+    """Weights kept when pruning `rate` of `n_alive`: n_alive - round_half_up(rate * n_alive).
+
+    The product is taken in decimal on the rate as written (0.1, not 0.1000000000000000055...), so
+    15 x 0.1 = 1.5 and 25 x 0.1 = 2.5 both round up, to 2 and 3 (Python's round() would give 2 and 2)."""
+    pruned = (Decimal(repr(rate)) * n_alive).quantize(Decimal(1), rounding=ROUND_HALF_UP)
+    return n_alive - int(pruned)
+
+
+def alive_count(*masks: torch.Tensor) -> int:
+    """Survivors in `masks` (each [K, ...]) together, the same in every replicate (asserted: the pruning
+    that follows keeps the same number per replicate, so replicate 0 speaks for all)."""
+    counts = sum(mask.flatten(1).sum(1) for mask in masks)
+    if not bool((counts == counts[0]).all()):
+        raise AssertionError(f"replicates have different alive counts {counts.tolist()}; every replicate must "
+                             "keep the same number of weights")
+    return int(counts[0])
 
 
 def full_masks(weights: dict[str, torch.Tensor]) -> Masks:
@@ -22,8 +38,8 @@ def full_masks(weights: dict[str, torch.Tensor]) -> Masks:
 
 
 def density(masks: Masks) -> float:
-    """Fraction of prunable weights still alive (replicate 0; all replicates have the same total)."""
-    alive = sum(int(m[0].sum()) for m in masks.values())
+    """Fraction of prunable weights still alive (the same in every replicate, asserted)."""
+    alive = alive_count(*masks.values())
     total = sum(m[0].numel() for m in masks.values())
     return alive / total
 
@@ -60,7 +76,7 @@ def prune_layerwise(weights: dict[str, torch.Tensor], masks: Masks, rates: dict[
         if rate == 0.0:
             new_masks[name] = mask.clone()
             continue
-        n_alive = int(mask[0].sum())
+        n_alive = alive_count(mask)
         n_keep = survivors(n_alive, rate)
         new_masks[name] = _keep_top(_alive_scores(weights[name], mask), n_keep).view_as(mask)
     return new_masks
@@ -76,7 +92,7 @@ def prune_global(weights: dict[str, torch.Tensor], masks: Masks, rate: float,
     if not pooled:
         return new_masks
     scores = torch.cat([_alive_scores(weights[n], masks[n]) for n in pooled], dim=1)
-    n_alive = sum(int(masks[n][0].sum()) for n in pooled)
+    n_alive = alive_count(*(masks[n] for n in pooled))
     keep = _keep_top(scores, survivors(n_alive, rate))
     for name, part in zip(pooled, keep.split([masks[n][0].numel() for n in pooled], dim=1), strict=True):
         new_masks[name] = part.reshape(masks[name].shape)

@@ -67,6 +67,7 @@ class PhaseResult:
     train_loss: list[float]
     early_stop: EarlyStop
     samples: int = 0
+    stability_path: list[list[float]] | None = None  # per replicate: test error along ticket -> copy
 
 
 @dataclass
@@ -124,11 +125,16 @@ class PhaseTrainer:
     """Trains a population from iteration `start` to `total` under fixed masks."""
 
     def __init__(self, config: ExperimentConfig, data: DatasetSplits, pop: Population,
-                 masks: dict[str, torch.Tensor], seeds: list[int]) -> None:
+                 masks: dict[str, torch.Tensor], seeds: list[int], copy_seeds: list[int] | None = None,
+                 fork_at: int = 0) -> None:
+        """`seeds` give the data order of members 0..K-1; `copy_seeds`, when given, that of members K..2K-1
+        (the stability copies) from iteration `fork_at` on; before it, copy k sees member k's batches."""
         self.config = config
         self.data = data
         self.pop = pop
         self.seeds = seeds
+        self.copy_seeds = copy_seeds or []
+        self.fork_at = fork_at
         self.batch_size = config.train.batch_size
         self.steps_per_epoch = len(data.train_x) // self.batch_size
         self.total = config.iterations_per_round(self.steps_per_epoch)
@@ -162,22 +168,32 @@ class PhaseTrainer:
 
     # ----------------------------------------------------------------------------------- data
 
+    def member_order(self, seed: int, epoch: int) -> list[torch.Tensor]:
+        """One member's batch indices [steps, B] (and crop shifts [steps, B, 2], flips [steps, B])."""
+        n, b, steps = len(self.data.train_x), self.batch_size, self.steps_per_epoch
+        gen = torch.Generator().manual_seed(derived_seed(seed, "data", epoch))
+        draws = [torch.randperm(n, generator=gen)[: steps * b].view(steps, b)]
+        if self.data.augment:
+            s, f = draw_augment_params(steps * b, gen)
+            draws += [s.view(steps, b, 2), f.view(steps, b)]
+        return draws
+
     def epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batch indices [steps, K, B] and augmentation draws for one epoch, from the seeds alone."""
-        n, b, steps = len(self.data.train_x), self.batch_size, self.steps_per_epoch
-        orders, shifts, flips = [], [], []
-        for seed in self.seeds:
-            gen = torch.Generator().manual_seed(derived_seed(seed, "data", epoch))
-            orders.append(torch.randperm(n, generator=gen)[: steps * b].view(steps, b))
-            if self.data.augment:
-                s, f = draw_augment_params(steps * b, gen)
-                shifts.append(s.view(steps, b, 2))
-                flips.append(f.view(steps, b))
+        members = [self.member_order(seed, epoch) for seed in self.seeds]
+        steps = self.steps_per_epoch
+        before_fork = (epoch * steps + torch.arange(steps)) < self.fork_at
+        for k, seed in enumerate(self.copy_seeds):
+            own = self.member_order(seed, epoch)
+            if before_fork.any():  # the copy is its member until the fork: same batches, same draws
+                own = [torch.where(before_fork.view(-1, *[1] * (o.dim() - 1)), base, o)
+                       for base, o in zip(members[k], own, strict=True)]
+            members.append(own)
         device = self.pop.device
-        idx = torch.stack(orders, 1).to(device)
+        stacked = [torch.stack(parts, 1).to(device) for parts in zip(*members, strict=True)]
         if not self.data.augment:
-            return idx, idx, idx
-        return idx, torch.stack(shifts, 1).to(device), torch.stack(flips, 1).to(device)
+            return stacked[0], stacked[0], stacked[0]
+        return stacked[0], stacked[1], stacked[2]
 
     # ----------------------------------------------------------------------------------- step
 
@@ -186,7 +202,8 @@ class PhaseTrainer:
         x = self.data.train_x[self.static_idx]
         y = self.data.train_y[self.static_idx]
         if self.data.augment:
-            flat = augment_batch(x.flatten(0, 1), self.static_shifts.flatten(0, 1), self.static_flips.flatten())
+            flat = augment_batch(x.flatten(0, 1), self.static_shifts.flatten(0, 1), self.static_flips.flatten(),
+                                 fill=self.data.pad_fill)
             x = flat.view_as(x)
         if self.channels_last:  # [1, B, C, H, W] -> NHWC for the single model's cuDNN kernels
             x = x[0].contiguous(memory_format=torch.channels_last).unsqueeze(0)

@@ -11,11 +11,28 @@ from typing import Any
 
 from lth_sweep.sweep.schema import ObjectiveConfig
 
+BEST_BY_VAL_KEYS = ("round", "density", "val_acc", "test_acc", "test_acc_at_early_stop")
+
+
+def best_by_validation(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The round with the best val_acc so far (the sparser one on a tie), as best_by_val_* values: the
+    honest way to quote one test number for a trial (test accuracy itself is never maximized over rounds)."""
+    best = max(records, key=lambda r: (r["val_acc"], -r["density"]))
+    return {f"best_by_val_{key}": best[key] for key in BEST_BY_VAL_KEYS}
+
 
 def matching_density(records: list[dict[str, Any]], tolerance: float) -> float:
     """Smallest density whose val_acc is within `tolerance` of the same trial's dense val_acc."""
     dense = records[0]["val_acc"]
     return min(r["density"] for r in records if r["val_acc"] >= dense - tolerance)
+
+
+def stable_matching_density(records: list[dict[str, Any]], tolerance: float, bound: float) -> float:
+    """Smallest density that matches (val_acc within `tolerance` of dense) and is stable (instability <=
+    `bound`); 1.0 (the dense network, no sparsity gained) while no round qualifies."""
+    dense = records[0]["val_acc"]
+    return min((r["density"] for r in records if r["val_acc"] >= dense - tolerance and
+                r.get("instability", math.inf) <= bound), default=1.0)
 
 
 def val_acc_at_density(records: list[dict[str, Any]], target: float, final: bool) -> float:
@@ -37,6 +54,8 @@ def objective_value(records: list[dict[str, Any]], objective: ObjectiveConfig, f
     """The running value of a single objective after the rounds in `records`."""
     if objective.name == "matching_density":
         return matching_density(records, objective.tolerance)
+    if objective.name == "stable_matching_density":
+        return stable_matching_density(records, objective.tolerance, objective.instability_bound)
     if objective.name == "best_val_acc":
         return max(r["val_acc"] for r in records)
     if objective.name == "val_acc_at_density":

@@ -78,8 +78,11 @@ class SearchConfig(Section):
 
 
 class ObjectiveConfig(Section):
-    name: Literal["matching_density", "best_val_acc", "val_acc_at_density", "pareto"] = "matching_density"
+    name: Literal["matching_density", "stable_matching_density", "best_val_acc", "val_acc_at_density",
+                  "pareto"] = "matching_density"
     tolerance: float = Field(default=0.01, ge=0, lt=1, description="matching: val_acc >= dense val_acc - tolerance")
+    instability_bound: float = Field(default=0.02, ge=0, le=1,
+                                     description="stable_matching_density: instability <= this (test error)")
     target_density: float = Field(default=0.1, gt=0, le=1, description="for val_acc_at_density")
 
 
@@ -128,7 +131,7 @@ def objective_metrics(objective: ObjectiveConfig) -> tuple[list[str], list[str]]
     """Tune metric names and modes for the objective."""
     if objective.name == "pareto":
         return ["density", "val_acc"], ["min", "max"]
-    mode = "min" if objective.name == "matching_density" else "max"
+    mode = "min" if objective.name in ("matching_density", "stable_matching_density") else "max"
     return ["objective"], [mode]
 
 
@@ -218,4 +221,14 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
         if err.key.startswith("search.space"):
             raise
         raise UserError(f"experiment.{err.key}" if err.key != "experiment" else err.key, err.message) from None
+    check_objective_needs(sweep, experiment)
     return sweep, experiment
+
+
+def check_objective_needs(sweep: SweepConfig, experiment: dict[str, Any]) -> None:
+    """stable_matching_density reads each round's instability: the experiment must record it."""
+    if sweep.objective.name != "stable_matching_density" or "stability.points" in sweep.search.space:
+        return
+    if not build_experiment(experiment).stability.points:
+        raise UserError("objective.name", "stable_matching_density needs each round's instability: set "
+                                          "stability.points (>= 3) in the experiment or the sweep's set:")

@@ -27,12 +27,15 @@ from typing import Any
 
 from lth_sweep.checkpoint import write_text
 from lth_sweep.errors import UserError
+from lth_sweep.sweep.objectives import BEST_BY_VAL_KEYS
 from lth_sweep.sweep.schema import WandbConfig
 
 log = logging.getLogger(__name__)
 
-SUMMARY_MODES = {"val_acc": "max", "test_acc": "max", "test_acc_at_early_stop": "max", "density": "min",
-                 "val_loss_min": "min"}
+# test numbers are summarized by the last round, never by a maximum over rounds (that would pick the best
+# test number across sparsities); the round chosen by validation is logged as best_by_val_* (last = so far)
+SUMMARY_MODES = {"val_acc": "max", "test_acc": "last", "test_acc_at_early_stop": "last", "density": "min",
+                 "val_loss_min": "min", **{f"best_by_val_{key}": "last" for key in BEST_BY_VAL_KEYS}}
 
 
 def has_api_key(environ: Mapping[str, str] | None = None) -> bool:

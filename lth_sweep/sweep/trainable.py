@@ -19,7 +19,7 @@ from typing import Any
 from lth_sweep import storage
 from lth_sweep.engine.lottery import Trial
 from lth_sweep.engine.train import Evaluation
-from lth_sweep.sweep.objectives import objective_value
+from lth_sweep.sweep.objectives import best_by_validation, objective_value
 from lth_sweep.sweep.schema import objective_metrics
 from lth_sweep.sweep.spec import LaunchSpec
 from lth_sweep.sweep.tracking import Tracker, scalar_metrics
@@ -89,7 +89,7 @@ def imp_trainable(params: dict[str, Any], spec: LaunchSpec) -> None:
             records.append(record)
             final = len(records) == config.prune.rounds
             extra = {"objective": objective_value(records, sweep.objective, final), "rounds_done": len(records),
-                     "config_hash": config_hash, "node_id": node_id}
+                     "config_hash": config_hash, "node_id": node_id, **best_by_validation(records)}
             tracker.log_round(record, extra)
             if trained_now:
                 append_ledger(spec.experiment_dir, config_hash, record["round"], context.get_trial_id())
