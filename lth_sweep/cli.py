@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from lth_sweep.errors import UserError
+from lth_sweep.errors import RunFailure, UserError
 
 if TYPE_CHECKING:
     from lth_sweep.sweep.spec import LaunchSpec
@@ -54,11 +54,15 @@ def run(experiment: Path, overrides: tuple[str, ...], out: Path | None) -> None:
     """Run one IMP trial (no Ray): train, prune, rewind, retrain for prune.rounds rounds."""
     from lth_sweep.config import load_experiment, parse_overrides
     from lth_sweep.engine.lottery import Trial
+    from lth_sweep.storage import check_folder
 
     config = load_experiment(experiment, parse_overrides(overrides))
     out = out or Path("runs") / f"{experiment.stem}-{config.config_hash()}"
+    check_folder(out, "--out")
     trial = Trial(config, out, on_round=lambda record: click.echo(round_row(record)))
     done = trial.records()
+    if len(done) < config.prune.rounds:
+        trial.check()  # the dataset (downloaded if asked) and the model, before the header
     click.echo(f"# {config.model.name} on {config.dataset.name}, {config.prune.rounds} rounds, "
                f"config {config.config_hash()}, device {trial.device} -> {out}")
     click.echo(round_header())
@@ -194,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         click.echo(f"lth-sweep: error: {err}", err=True)
         sys.exit(2)
+    except RunFailure as err:
+        click.echo(f"lth-sweep: error: {err}", err=True)
+        sys.exit(1)
     except click.UsageError as err:
         click.echo(f"lth-sweep: error: {err.format_message()}", err=True)
         sys.exit(2)

@@ -36,6 +36,7 @@ from lth_sweep.engine.train import EarlyStop, Evaluation, PhaseResult, PhaseTrai
 from lth_sweep.errors import UserError
 
 STATE_FORMAT = 1
+STATE_FILE, REWIND_FILE = "state.pt", "rewind.pt"
 PER_REPLICATE_METRICS = ("val_acc", "val_loss", "val_loss_min", "early_stop_iter", "test_acc",
                          "test_acc_at_early_stop", "train_loss")
 
@@ -109,11 +110,11 @@ class Trial:
 
     @property
     def state_path(self) -> Path:
-        return self.out_dir / "state.pt"
+        return self.out_dir / STATE_FILE
 
     @property
     def rewind_path(self) -> Path:
-        return self.out_dir / "rewind.pt"
+        return self.out_dir / REWIND_FILE
 
     def check_out_dir(self) -> None:
         """An existing directory must hold the same experiment (same config hash)."""
@@ -137,6 +138,13 @@ class Trial:
         save_torch(self.state_path, state)
 
     # ----------------------------------------------------------------------------- set-up
+
+    def check(self) -> None:
+        """Loads (and checks) the dataset and the model; raises UserError before anything is written."""
+        config = self.config
+        config.check_schedule(len(self.data.train_x) // config.train.batch_size)
+        if not self.prunable_kinds:
+            raise UserError("model.name", f"{config.model.name} has no prunable weights")
 
     @property
     def data(self) -> DatasetSplits:
@@ -174,10 +182,7 @@ class Trial:
         if state is not None and state["round"] >= config.prune.rounds:
             self.write_records(state["records"])
             return state["records"]
-        data = self.data  # loads (and checks) the dataset and the model before anything is written
-        config.check_schedule(len(data.train_x) // config.train.batch_size)
-        if not self.prunable_kinds:
-            raise UserError("model.name", f"{config.model.name} has no prunable weights")
+        self.check()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.out_dir / "config.yaml", dump_yaml(config))
         if state is None:
