@@ -17,8 +17,12 @@ from typing import Any
 
 import pytest
 import sweep_helpers as h
+import torch
 
 from lth_sweep.checkpoint import load_torch
+from lth_sweep.config import DatasetConfig
+from lth_sweep.engine import data
+from lth_sweep.engine.data import load_dataset
 from lth_sweep.engine.lottery import Trial
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +77,27 @@ def test_download_without_network_says_which_files_to_put_where(cli_here: Callab
     one_line_error(result, 2, "dataset.download", str(root / folder), first_file)
     assert result.stdout == "", "the header comes after the checks"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_download_true_with_the_files_in_place_reads_them(tmp_path: Path, name: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the failure message tells the user to do works: the files put in the folder are read, with
+    `download: true` still set, and no download is tried."""
+    from test_data import write_cifar10, write_mnist
+
+    if name == "mnist":
+        write_mnist(tmp_path)
+    else:
+        write_cifar10(tmp_path)
+    local = load_dataset(DatasetConfig(name=name, root=str(tmp_path), download=False, val_size=4), "cpu")
+
+    def no_download(*args: Any) -> None:
+        raise AssertionError("a download was tried although the files are in place")
+
+    monkeypatch.setattr(data, "_download", no_download)
+    fetched = load_dataset(DatasetConfig(name=name, root=str(tmp_path), download=True, val_size=4), "cpu")
+    assert torch.equal(fetched.train_x, local.train_x) and torch.equal(fetched.test_y, local.test_y)
 
 
 # ------------------------------------------------------------------------------------ where results go

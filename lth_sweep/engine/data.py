@@ -102,11 +102,15 @@ def load_dataset(cfg: DatasetConfig, device: torch.device) -> DatasetSplits:
     )
 
 
+def _missing(folder: Path, names: tuple[str, ...]) -> list[str]:
+    return [name for name in names if not (folder / name).is_file()]
+
+
 def _check_files(folder: Path, names: tuple[str, ...], download: bool) -> None:
     """Raise a one-line UserError before torchvision gets a chance to print its own."""
     if download:
         return
-    missing = [name for name in names if not (folder / name).is_file()]
+    missing = _missing(folder, names)
     if missing:
         raise UserError("dataset.root", f"missing {', '.join(missing)} in {folder}; put the files there "
                                         "or set dataset.download: true")
@@ -141,7 +145,7 @@ def _load_mnist_like(name: str, root: Path, download: bool) -> tuple[torch.Tenso
     cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
     folder = root / cls.__name__ / "raw"
     _check_files(folder, MNIST_FILES, download)
-    if download:
+    if download and _missing(folder, MNIST_FILES):
         _download(lambda: cls(root=root, train=True, download=True), folder, MNIST_FILES)
     out = []
     for train in (True, False):
@@ -154,7 +158,7 @@ def _load_cifar10(root: Path, download: bool) -> tuple[torch.Tensor, ...]:
     cifar10 = _cifar10_class()
     folder = root / cifar10.base_folder
     _check_files(folder, CIFAR10_FILES, download)
-    if download:
+    if download and _missing(folder, CIFAR10_FILES):
         _download(lambda: cifar10(root=root, train=True, download=True), folder, CIFAR10_FILES)
     out = []
     for train in (True, False):
