@@ -8,6 +8,7 @@ mounting is not possible the tests that need it are skipped and say why.
 
 from __future__ import annotations
 
+import pickle
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from lth_sweep.config import DatasetConfig
 from lth_sweep.engine import data
 from lth_sweep.engine.data import load_dataset
 from lth_sweep.engine.lottery import Trial
+from lth_sweep.errors import CorruptFile, RunFailure, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "sweeps" / "experiments"
@@ -176,3 +178,12 @@ def test_corrupt_state_in_run_out_names_the_file(cli_here: Callable[..., Any], w
     assert result.stdout == ""
     assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before, "nothing was written"
     shutil.rmtree(out)
+
+
+@pytest.mark.parametrize("error", [RunFailure("/x/state.pt", "could not be written (no space left on device)"),
+                                   CorruptFile("/x/state.pt", "EOFError"), UserError("--out", "a message")],
+                         ids=lambda e: type(e).__name__)
+def test_errors_survive_pickling(error: Exception) -> None:
+    """Ray ships a trial's exception to the driver by pickling it."""
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error) and str(copy) == str(error)

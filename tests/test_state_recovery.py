@@ -7,7 +7,9 @@ breaks a real sweep's state and resumes it.
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 import sweep_helpers as h
 import torch
 
+from lth_sweep import checkpoint
 from lth_sweep.engine.lottery import Trial
 from lth_sweep.engine.recovery import Candidate, adopt, describe, newest_intact, saved_progress, set_aside
 from lth_sweep.errors import CorruptFile
@@ -117,15 +120,15 @@ def test_older_checkpoints_are_not_read_once_a_newer_one_is_intact(snapshots: di
 def test_no_intact_copy_starts_over_with_the_broken_files_set_aside(tmp_path: Path, snapshots: dict[int, Path],
                                                                     make_config, mnist1d) -> None:
     engine_dir = copy_of(snapshots[2], tmp_path, "engine")
-    checkpoint = copy_of(snapshots[1], tmp_path, "checkpoint_000000")
+    tune_copy = copy_of(snapshots[1], tmp_path, "checkpoint_000000")
     truncate(engine_dir / "state.pt")
-    truncate(checkpoint / "state.pt")
+    truncate(tune_copy / "state.pt")
     engine = Candidate("the engine state", engine_dir)
-    choice = newest_intact([[engine], [Candidate("ckpt 1", checkpoint)]])
+    choice = newest_intact([[engine], [Candidate("ckpt 1", tune_copy)]])
     assert choice.chosen is None and len(choice.unreadable) == 2
     assert "starts over" in describe(choice, engine.label)
     assert set_aside(choice, engine_dir) == [engine_dir / "state.pt.corrupt"]
-    assert (checkpoint / "state.pt").exists(), "only the engine's own files are moved"
+    assert (tune_copy / "state.pt").exists(), "only the engine's own files are moved"
     records = Trial(make_config({"prune.rounds": ROUNDS}), engine_dir, data=mnist1d).run()
     assert [r["val_acc"] for r in records] == [r["val_acc"] for r in h.read_jsonl(snapshots[0] / "rounds.jsonl")]
 
@@ -142,6 +145,26 @@ def test_adopting_a_checkpoint_resumes_to_the_uninterrupted_records(tmp_path: Pa
     drop = ("seconds", "samples_per_s")
     assert [{k: v for k, v in r.items() if k not in drop} for r in records] == \
         [{k: v for k, v in r.items() if k not in drop} for r in reference]
+
+
+def test_a_state_is_fsynced_before_its_rename_and_the_folder_after(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The previous state.pt stays until the new one is on disk; the rename itself is made durable."""
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append(f"rename to {Path(dst).name}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    checkpoint.save_torch(tmp_path / "state.pt", {"round": 1})
+    assert events == ["fsync file", "rename to state.pt", "fsync folder"]
 
 
 # ------------------------------------------------------------------------------------ a real sweep
