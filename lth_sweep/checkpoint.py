@@ -7,6 +7,7 @@ version of the file is left as it was. A file that cannot be read back raises Co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -75,8 +76,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
+            with contextlib.suppress(OSError):  # some network file systems refuse chmod; the write still counts
+                os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
