@@ -196,6 +196,7 @@ def test_a_sweep_recovers_truncated_engine_states(tmp_path: Path, data_root: Pat
         truncate(path)
 
     resume = h.run_cli("resume", sweep.dir, cwd=sweep.cwd, env=sweep.env, timeout=300)
+    (tmp_path / "resume.log").write_text(resume.explain())
     assert resume.returncode == 0, resume.explain()
     status = h.status_json(sweep.dir, sweep.cwd, sweep.env)
     assert [(t["state"], t["rounds_done"]) for t in status["trials"]] == [("TERMINATED", ROUNDS)] * 2, status
