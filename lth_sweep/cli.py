@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from lth_sweep.errors import UserError
+from lth_sweep.errors import RunFailure, UserError
 
 if TYPE_CHECKING:
     from lth_sweep.sweep.spec import LaunchSpec
@@ -58,6 +58,7 @@ def run(experiment: Path | None, overrides: tuple[str, ...], out: Path | None, t
     A larger prune.rounds on a finished trial's --out continues it; a smaller one reports its first rounds."""
     from lth_sweep.config import load_experiment, parse_overrides
     from lth_sweep.engine.lottery import Trial
+    from lth_sweep.storage import check_folder
 
     if ticket is not None:
         if experiment is not None or overrides:
@@ -68,8 +69,11 @@ def run(experiment: Path | None, overrides: tuple[str, ...], out: Path | None, t
         raise click.UsageError("give an EXPERIMENT file (or --ticket FILE)")
     config = load_experiment(experiment, parse_overrides(overrides))
     out = out or Path("runs") / f"{experiment.stem}-{config.config_hash()}"
+    check_folder(out, "--out")
     trial = Trial(config, out, on_round=lambda record: click.echo(round_row(record)))
     done = trial.records()
+    if len(done) < config.prune.rounds:
+        trial.check()  # the dataset (downloaded if asked) and the model, before the header
     click.echo(f"# {config.model.name} on {config.dataset.name}, {config.prune.rounds} rounds, "
                f"config {config.config_hash()}, device {trial.device} -> {out}")
     click.echo(round_header())
@@ -273,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         click.echo(f"lth-sweep: error: {err}", err=True)
         sys.exit(2)
+    except RunFailure as err:
+        click.echo(f"lth-sweep: error: {err}", err=True)
+        sys.exit(1)
     except click.UsageError as err:
         click.echo(f"lth-sweep: error: {err.format_message()}", err=True)
         sys.exit(2)

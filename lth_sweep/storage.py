@@ -12,11 +12,57 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+
+from lth_sweep.errors import UserError
+
+URI_SCHEMES = ("s3", "gs")
+ALLOWED = "a folder, s3://bucket/path or gs://bucket/path"
 
 
 def is_uri(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
+
+
+def check_location(location: str, key: str) -> None:
+    """Raises UserError (naming `key`) unless `location` is a URI of a known scheme or a folder that can be
+    created and written; creates nothing."""
+    if is_uri(location):
+        filesystem(location, key)
+        return
+    check_folder(Path(location), key)
+
+
+def check_folder(folder: Path, key: str) -> None:
+    """Raises UserError unless `folder` is, or can be created as, a folder we can write in; creates nothing."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        below = "" if existing == folder else f", so {folder} cannot be created"
+        raise UserError(key, f"{existing} is a file, not a folder{below}; give a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        reason = "it is on a read-only file system" if read_only else "permission denied"
+        raise UserError(key, f"cannot write in {existing} ({reason}); give a folder that can be written")
+
+
+def filesystem(location: str, key: str = "storage") -> tuple[pafs.FileSystem, str]:
+    """pyarrow's file system and path for a URI; an unknown scheme or option is a UserError naming `key`."""
+    scheme = location.partition("://")[0].lower()
+    if scheme not in URI_SCHEMES:
+        raise UserError(key, f"{location}: unknown storage scheme '{scheme}://'; allowed: {ALLOWED}")
+    try:
+        return pafs.FileSystem.from_uri(location)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
+        raise UserError(key, f"{location}: {str(err).splitlines()[0]}; allowed: {ALLOWED}") from None
+
+
+def _any_filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    if is_uri(location):
+        return filesystem(location)
+    return pafs.LocalFileSystem(), str(Path(location.removeprefix("file://")).absolute())
 
 
 def normalize(location: str) -> str:
@@ -38,14 +84,14 @@ def join(location: str, *parts: str) -> str:
 def exists(location: str) -> bool:
     if not is_uri(location):
         return Path(location).exists()
-    fs, path = pafs.FileSystem.from_uri(location)
+    fs, path = filesystem(location)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def read_text(location: str) -> str:
     if not is_uri(location):
         return Path(location).read_text()
-    fs, path = pafs.FileSystem.from_uri(location)
+    fs, path = filesystem(location)
     with fs.open_input_stream(path) as stream:
         return stream.read().decode()
 
@@ -56,15 +102,15 @@ def write_text(location: str, text: str) -> None:
 
         atomic_write(location, text)
         return
-    fs, path = pafs.FileSystem.from_uri(location)
+    fs, path = filesystem(location)
     with fs.open_output_stream(path) as stream:  # object stores replace objects atomically
         stream.write(text.encode())
 
 
 def copy_dir(source: str, destination: str) -> None:
     """Copies a folder between a local path and a URI (either way)."""
-    src_fs, src_path = pafs.FileSystem.from_uri(source if is_uri(source) else Path(source).as_uri())
-    dst_fs, dst_path = pafs.FileSystem.from_uri(destination if is_uri(destination) else Path(destination).as_uri())
+    src_fs, src_path = _any_filesystem(source)
+    dst_fs, dst_path = _any_filesystem(destination)
     dst_fs.create_dir(dst_path, recursive=True)
     pafs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)
 
@@ -74,7 +120,7 @@ def exclusive(directory: Path) -> Iterator[None]:
     """Holds an exclusive lock on a local folder: two live trials of one config never write it at once;
     the second waits, then continues from the first one's rounds."""
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+    fd = os.open(directory / ".lock", os.O_CREAT | os.O_RDWR, 0o666)  # less the umask
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -133,6 +133,25 @@ def run_cli(cli_cwd: Path) -> Callable[..., CliResult]:
     return run
 
 
+@pytest.fixture
+def cli_here(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """cli_here("run", ...) -> result of lth_sweep.cli.main in this process (exit code from SystemExit): the
+    same code and exit codes as the `lth-sweep` command, without a process that imports torch again."""
+    from lth_sweep.cli import main
+
+    def run(*args: str | Path) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def popen_cli(cli_cwd: Path) -> Callable[..., subprocess.Popen[bytes]]:
     """popen_cli(*args) -> a running `lth-sweep` process (output discarded), for kill tests."""

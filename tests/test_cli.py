@@ -15,31 +15,8 @@ from typing import Any
 import pytest
 import torch
 
-from lth_sweep.cli import main
-
 CliRunner = Callable[..., Any]
 
-
-class Result:
-    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def cli_here(capsys: pytest.CaptureFixture[str]) -> CliRunner:
-    """cli_here("run", ...) -> result of lth_sweep.cli.main in this process (exit code from SystemExit)."""
-
-    def run(*args: str | Path) -> Result:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
 
 # (id, --set overrides, key the message must name, extra words the message must contain)
 BAD_OVERRIDES: list[tuple[str, list[str], str, list[str]]] = [

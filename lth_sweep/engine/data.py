@@ -7,9 +7,9 @@ from the trial's generator by `draw_augment_params`, so a run is reproducible on
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lth_sweep.checkpoint import atomic_write
 from lth_sweep.config import DEFAULT_VAL_SIZE, DatasetConfig
 from lth_sweep.errors import UserError
 
+DOWNLOAD_TIMEOUT_S = 60  # per connection attempt and per read: a host that never answers fails, not hangs
 VAL_SPLIT_SEED = 20190327  # fixed, independent of the trial seed: every trial sees the same val set
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -108,14 +110,35 @@ def black(name: str) -> torch.Tensor:
     return -mean / std
 
 
+def _missing(folder: Path, names: tuple[str, ...]) -> list[str]:
+    return [name for name in names if not (folder / name).is_file()]
+
+
 def _check_files(folder: Path, names: tuple[str, ...], download: bool) -> None:
     """Raise a one-line UserError before torchvision gets a chance to print its own."""
     if download:
         return
-    missing = [name for name in names if not (folder / name).is_file()]
+    missing = _missing(folder, names)
     if missing:
         raise UserError("dataset.root", f"missing {', '.join(missing)} in {folder}; put the files there "
                                         "or set dataset.download: true")
+
+
+def _download(fetch: Callable[[], object], folder: Path, names: tuple[str, ...]) -> None:
+    """Runs torchvision's download; a failure (no network, a read-only root) is one line that says which files
+    to put in which folder."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        fetch()
+    except (OSError, RuntimeError) as err:  # URLError is an OSError; torchvision wraps its mirrors' errors
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(err).__name__
+        raise UserError("dataset.download", f"could not download the dataset ({reason}); put "
+                                            f"{', '.join(names)} in {folder} and run again "
+                                            "(download: true then finds them there)") from None
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _normalize(images: torch.Tensor, name: str) -> torch.Tensor:
@@ -128,20 +151,26 @@ def _load_mnist_like(name: str, root: Path, download: bool) -> tuple[torch.Tenso
     import torchvision
 
     cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
-    _check_files(root / cls.__name__ / "raw", MNIST_FILES, download)
+    folder = root / cls.__name__ / "raw"
+    _check_files(folder, MNIST_FILES, download)
+    if download and _missing(folder, MNIST_FILES):
+        _download(lambda: cls(root=root, train=True, download=True), folder, MNIST_FILES)
     out = []
     for train in (True, False):
-        ds = cls(root=root, train=train, download=download)
+        ds = cls(root=root, train=train, download=False)
         out += [_normalize(ds.data.unsqueeze(1), name), ds.targets.long()]
     return tuple(out)
 
 
 def _load_cifar10(root: Path, download: bool) -> tuple[torch.Tensor, ...]:
     cifar10 = _cifar10_class()
-    _check_files(root / cifar10.base_folder, CIFAR10_FILES, download)
+    folder = root / cifar10.base_folder
+    _check_files(folder, CIFAR10_FILES, download)
+    if download and _missing(folder, CIFAR10_FILES):
+        _download(lambda: cifar10(root=root, train=True, download=True), folder, CIFAR10_FILES)
     out = []
     for train in (True, False):
-        ds = cifar10(root=root, train=train, download=download)
+        ds = cifar10(root=root, train=train, download=False)
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # torchvision keeps HWC
         out += [_normalize(images, "cifar10"), torch.tensor(ds.targets, dtype=torch.int64)]
     return tuple(out)
@@ -152,15 +181,7 @@ def _load_mnist1d(root: Path) -> tuple[torch.Tensor, ...]:
     path = root / "mnist1d" / "mnist1d.npz"
     if not path.is_file():
         arrays = _generate_mnist1d()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".mnist1d-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda handle: np.savez(handle, **arrays))
     with np.load(path) as d:
         return (torch.from_numpy(d["x"]).float(), torch.from_numpy(d["y"]).long(),
                 torch.from_numpy(d["x_test"]).float(), torch.from_numpy(d["y_test"]).long())

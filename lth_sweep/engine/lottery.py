@@ -48,6 +48,7 @@ from lth_sweep.errors import UserError
 
 STATE_FORMAT = 1
 NEVER_PRUNED = 255  # pruned_at value of a weight that is still alive
+STATE_FILE, REWIND_FILE = "state.pt", "rewind.pt"
 PER_REPLICATE_METRICS = ("val_acc", "val_loss", "val_loss_min", "early_stop_iter", "test_acc",
                          "test_acc_at_early_stop", "train_loss")
 
@@ -164,11 +165,11 @@ class Trial:
 
     @property
     def state_path(self) -> Path:
-        return self.out_dir / "state.pt"
+        return self.out_dir / STATE_FILE
 
     @property
     def rewind_path(self) -> Path:
-        return self.out_dir / "rewind.pt"
+        return self.out_dir / REWIND_FILE
 
     def check_out_dir(self) -> None:
         """An existing directory must hold the same experiment (same config hash)."""
@@ -193,6 +194,13 @@ class Trial:
         save_torch(self.state_path, state)
 
     # ----------------------------------------------------------------------------- set-up
+
+    def check(self) -> None:
+        """Loads (and checks) the dataset and the model; raises UserError before anything is written."""
+        config = self.config
+        config.check_schedule(len(self.data.train_x) // config.train.batch_size)
+        if not self.prunable_kinds:
+            raise UserError("model.name", f"{config.model.name} has no prunable weights")
 
     @property
     def data(self) -> DatasetSplits:
@@ -243,10 +251,7 @@ class Trial:
         if state is not None and state["round"] > 0 and state.get("pruned_at") is None:
             raise UserError("--out", f"{self.state_path} was written by an older lth-sweep that kept no mask "
                                      "history; it cannot be continued: choose another --out")
-        data = self.data  # loads (and checks) the dataset and the model before anything is written
-        config.check_schedule(len(data.train_x) // config.train.batch_size)
-        if not self.prunable_kinds:
-            raise UserError("model.name", f"{config.model.name} has no prunable weights")
+        self.check()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.out_dir / "config.yaml", dump_yaml(config))
         if state is None:

@@ -174,6 +174,7 @@ def prepare_launch(sweep: SweepConfig, experiment: dict[str, Any], storage_locat
     if not re.fullmatch(r"[A-Za-z0-9._-]+", sweep.name or ""):
         raise UserError("name", f"'{sweep.name}' may only use letters, digits, '.', '_' and '-'")
     root = storage.normalize(storage_location or sweep.storage)
+    storage.check_location(root, "--storage" if storage_location else "storage")
     experiment_dir = storage.join(root, sweep.name)
     if storage.exists(storage.join(experiment_dir, SPEC_FILE)):
         raise UserError("--name", f"a sweep named '{sweep.name}' already exists at {experiment_dir}; "

@@ -12,12 +12,16 @@ import json
 import os
 import re
 import statistics
+import sys
 import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from lth_sweep import storage
-from lth_sweep.engine.lottery import Trial
+from lth_sweep.engine.lottery import STATE_FILE, Trial
+from lth_sweep.engine.recovery import Candidate, adopt, describe, newest_intact, set_aside
 from lth_sweep.engine.train import Evaluation
 from lth_sweep.sweep.objectives import best_by_validation, objective_value
 from lth_sweep.sweep.schema import objective_metrics
@@ -42,19 +46,51 @@ def count_rounds(engine_dir: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+def tune_checkpoints(checkpoint, stack: ExitStack) -> Iterator[Candidate]:
+    """The trial's Tune checkpoints, newest first: the one Tune restored and its siblings in the trial folder
+    (Tune keeps the last few). Each is opened (downloaded, for a URI) only when asked for."""
+    import pyarrow.fs as pafs
+    from ray import tune
+
+    parent = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+    try:
+        infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+        paths = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
+                        and i.base_name.startswith("checkpoint_")), reverse=True)
+    except OSError:
+        paths = []
+    if checkpoint.path.rstrip("/") not in paths:
+        paths.insert(0, checkpoint.path)
+    for path in paths:
+        saved = tune.Checkpoint(path, filesystem=checkpoint.filesystem)
+        yield Candidate(f"Tune checkpoint {path}", Path(stack.enter_context(saved.as_directory())))
+
+
 def restore_engine_dir(spec: LaunchSpec, config_hash: str, engine_dir: Path, checkpoint) -> int:
-    """Brings the most advanced saved state into `engine_dir`; returns the rounds Tune already has."""
-    reported = 0
-    if checkpoint is not None:
-        with checkpoint.as_directory() as saved:
-            reported = count_rounds(Path(saved))
-            if count_rounds(engine_dir) < reported:
-                storage.copy_dir(saved, str(engine_dir))
-    remote = storage.join(spec.experiment_dir, "by_config", config_hash, "engine")
-    if storage.is_uri(remote) and storage.exists(storage.join(remote, "rounds.jsonl")):
-        remote_rounds = len(storage.read_text(storage.join(remote, "rounds.jsonl")).splitlines())
-        if count_rounds(engine_dir) < remote_rounds:
-            storage.copy_dir(remote, str(engine_dir))
+    """Brings the most advanced intact saved state into `engine_dir` (the engine's own, else a remote copy, else
+    Tune's newest intact checkpoint, else none: the config starts over), says which in one log line when it is
+    not simply the engine's own; returns the rounds Tune already has."""
+    engine = Candidate(f"the engine state in {engine_dir}", engine_dir)
+    with ExitStack() as stack:
+        groups: list[Iterable[Candidate]] = [[engine]]
+        remote = storage.join(spec.experiment_dir, "by_config", config_hash, "engine")
+        if storage.is_uri(remote) and storage.exists(storage.join(remote, STATE_FILE)):
+            mirror = stack.enter_context(tempfile.TemporaryDirectory(prefix="lth_sweep_remote_"))
+            storage.copy_dir(remote, mirror)
+            groups.append([Candidate(f"the copy at {remote}", Path(mirror))])
+        reported = 0
+        if checkpoint is not None:
+            reported = count_rounds(Path(stack.enter_context(checkpoint.as_directory())))
+            groups.append(tune_checkpoints(checkpoint, stack))
+        choice = newest_intact(groups)
+        if choice.chosen is None:
+            set_aside(choice, engine_dir)
+        elif choice.chosen is not engine:
+            engine_dir.mkdir(parents=True, exist_ok=True)
+            adopt(choice.chosen.directory, engine_dir)
+    line = describe(choice, engine.label)
+    if line is not None:
+        print(f"lth-sweep: config {config_hash}: {line}", file=sys.stderr, flush=True)
     return reported
 
 
@@ -132,7 +168,7 @@ def append_ledger(experiment_dir: str, config_hash: str, round_index: int, trial
     if storage.is_uri(experiment_dir):
         return
     line = json.dumps({"config_hash": config_hash, "round": round_index, "trial_id": trial_id}) + "\n"
-    fd = os.open(Path(experiment_dir) / LEDGER_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(Path(experiment_dir) / LEDGER_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)  # less the umask
     try:
         os.write(fd, line.encode())
     finally:

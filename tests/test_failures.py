@@ -1,0 +1,189 @@
+"""Operational failures end in one line that names the file or key, with no traceback: exit 2 for what the user
+can fix before anything runs (nothing is written, no header is printed), exit 1 for a failure while running.
+
+Read-only and full file systems are real ones: small tmpfs mounts (`mount -t tmpfs`, as root, which the
+development machines and CI are). A chmod 0555 folder would not do: root writes through permissions. Where
+mounting is not possible the tests that need it are skipped and say why.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sweep_helpers as h
+import torch
+
+from lth_sweep.checkpoint import load_torch
+from lth_sweep.config import DatasetConfig
+from lth_sweep.engine import data
+from lth_sweep.engine.data import load_dataset
+from lth_sweep.engine.lottery import Trial
+from lth_sweep.errors import CorruptFile, RunFailure, UserError
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "sweeps" / "experiments"
+
+
+@contextmanager
+def tmpfs(mount_point: Path, size: str, read_only: bool = False) -> Iterator[Path]:
+    """A real tmpfs of `size` at `mount_point`, read-only if asked; unmounted afterwards."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root and mount(8)): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def one_line_error(result: Any, code: int, *words: str) -> str:
+    """Exit `code`, exactly one line on stderr, no traceback; the line contains every word."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def finished_trial(out: Path, config) -> Path:
+    Trial(config, out).run()
+    return out
+
+
+# ------------------------------------------------------------------------------------ datasets
+
+
+@pytest.mark.parametrize("experiment, folder, first_file", [
+    ("lenet_mnist.yaml", "MNIST/raw", "train-images-idx3-ubyte"),
+    ("conv2_cifar10.yaml", "cifar-10-batches-py", "data_batch_1"),
+])
+def test_download_without_network_says_which_files_to_put_where(cli_here: Callable[..., Any], tmp_path: Path,
+                                                                 experiment: str, folder: str,
+                                                                 first_file: str) -> None:
+    """The shipped files set `download: true`; this machine cannot reach the dataset hosts, so the real
+    download fails by itself (bounded by DOWNLOAD_TIMEOUT_S per connection)."""
+    root, out = tmp_path / "data", tmp_path / "out"
+    result = cli_here("run", SHIPPED / experiment, "--set", f"dataset.root={root}", "--out", out)
+    one_line_error(result, 2, "dataset.download", str(root / folder), first_file)
+    assert result.stdout == "", "the header comes after the checks"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_download_true_with_the_files_in_place_reads_them(tmp_path: Path, name: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the failure message tells the user to do works: the files put in the folder are read, with
+    `download: true` still set, and no download is tried."""
+    from test_data import write_cifar10, write_mnist
+
+    if name == "mnist":
+        write_mnist(tmp_path)
+    else:
+        write_cifar10(tmp_path)
+    local = load_dataset(DatasetConfig(name=name, root=str(tmp_path), download=False, val_size=4), "cpu")
+
+    def no_download(*args: Any) -> None:
+        raise AssertionError("a download was tried although the files are in place")
+
+    monkeypatch.setattr(data, "_download", no_download)
+    fetched = load_dataset(DatasetConfig(name=name, root=str(tmp_path), download=True, val_size=4), "cpu")
+    assert torch.equal(fetched.train_x, local.train_x) and torch.equal(fetched.test_y, local.test_y)
+
+
+# ------------------------------------------------------------------------------------ where results go
+
+
+def test_out_on_a_read_only_file_system(cli_here: Callable[..., Any], write_config: Callable[..., Path],
+                                        tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "ro", "64k", read_only=True) as read_only:
+        result = cli_here("run", write_config(), "--out", read_only / "trial")
+        one_line_error(result, 2, "--out", str(read_only), "read-only")
+        assert result.stdout == ""
+        assert list(read_only.iterdir()) == []
+
+
+def test_out_below_a_file(cli_here: Callable[..., Any], write_config: Callable[..., Path], tmp_path: Path) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    result = cli_here("run", write_config(), "--out", a_file / "trial")
+    one_line_error(result, 2, "--out", str(a_file), "not a folder")
+    assert result.stdout == "" and a_file.read_text() == "mine"
+
+
+@pytest.fixture
+def sweep_file(tmp_path: Path, data_root: Path) -> Path:
+    return h.write_sweep(tmp_path / "imp.yaml", h.sweep_tree(data_root, num_samples=1))
+
+
+def test_storage_on_a_read_only_file_system(cli_here: Callable[..., Any], sweep_file: Path, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "ro", "64k", read_only=True) as read_only:
+        result = cli_here("launch", sweep_file, "--storage", read_only / "sweeps")
+        one_line_error(result, 2, "--storage", str(read_only), "read-only")
+        assert result.stdout == "", "refused before the header, before Ray"
+
+
+def test_storage_below_a_file(cli_here: Callable[..., Any], sweep_file: Path, tmp_path: Path) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    result = cli_here("launch", sweep_file, "--storage", a_file / "sweeps")
+    one_line_error(result, 2, "--storage", str(a_file), "not a folder")
+    assert result.stdout == ""
+
+
+def test_unknown_uri_scheme(cli_here: Callable[..., Any], sweep_file: Path) -> None:
+    line = one_line_error(cli_here("launch", sweep_file, "--storage", "ftp://host/sweeps"), 2,
+                          "--storage", "ftp://", "s3://", "gs://")
+    assert "folder" in line
+    one_line_error(cli_here("status", "ftp://host/sweeps/imp"), 2, "ftp://", "s3://")
+
+
+# ------------------------------------------------------------------------------------ while running
+
+
+def test_full_disk_while_writing_state(run_cli: Callable[..., Any], write_config: Callable[..., Path],
+                                       tmp_path: Path) -> None:
+    """A 256-wide MLP's state (weights + Adam moments, ~150 KB) does not fit a 200 KB tmpfs next to its
+    rewind point: the first state save after the rewind point fails. Run as a process: the real command."""
+    with tmpfs(tmp_path / "small", "200k") as small:
+        out = small / "trial"
+        result = run_cli("run", write_config(), "--set", "model.widths=[256]", "--out", out, timeout=240)
+        one_line_error(result, 1, str(out / "state.pt"), "no space left")
+        assert load_torch(out / "state.pt")["round"] == 0, "the previous state.pt is intact"
+        assert not list(out.glob(".*.tmp")), "no temp file is left behind"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_corrupt_state_in_run_out_names_the_file(cli_here: Callable[..., Any], write_config: Callable[..., Path],
+                                                 make_config, tmp_path: Path, damage: str) -> None:
+    """Before: a RuntimeError traceback, or (empty file) "interrupted" and exit 130."""
+    out = finished_trial(tmp_path / "trial", make_config({"prune.rounds": 2}))
+    state = out / "state.pt"
+    data = state.read_bytes()
+    state.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"\x80\x02not a state"}[damage])
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
+    result = cli_here("run", write_config(), "--set", "prune.rounds=2", "--out", out)
+    one_line_error(result, 2, str(state), "truncated or corrupt")
+    assert result.stdout == ""
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before, "nothing was written"
+    shutil.rmtree(out)
+
+
+@pytest.mark.parametrize("error", [RunFailure("/x/state.pt", "could not be written (no space left on device)"),
+                                   CorruptFile("/x/state.pt", "EOFError"), UserError("--out", "a message")],
+                         ids=lambda e: type(e).__name__)
+def test_errors_survive_pickling(error: Exception) -> None:
+    """Ray ships a trial's exception to the driver by pickling it."""
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error) and str(copy) == str(error)
