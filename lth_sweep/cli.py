@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,9 +41,44 @@ def round_row(record: dict[str, Any]) -> str:
     return row
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+def echo(text: str = "", err: bool = False) -> None:
+    """click.echo that survives a reader that went away (`| tee` or `| head` ended): our output then stops,
+    the command goes on to its own end and exit status."""
+    try:
+        click.echo(text, err=err)
+    except BrokenPipeError:
+        stream = sys.stderr if err else sys.stdout
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())  # later writes, and the flush at exit, go nowhere
+        os.close(devnull)
+
+
+class FullShortHelp:
+    """The group's listing shows each command's first sentence whole (click cuts it to the terminal width)."""
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        if self.short_help:  # type: ignore[attr-defined]
+            return self.short_help  # type: ignore[attr-defined]
+        return click.utils.make_default_short_help(self.help or "", max_length=10_000)  # type: ignore[attr-defined]
+
+
+class Command(FullShortHelp, click.Command):
+    pass
+
+
+class Group(FullShortHelp, click.Group):
+    command_class = Command
+    group_class = type  # subgroups are Groups too
+
+
+@click.group(cls=Group, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="lth-sweep", prog_name="lth-sweep", message="%(prog)s %(version)s")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Lottery-ticket (iterative magnitude pruning) experiments and sweeps."""
+    if ctx.invoked_subcommand is None:
+        echo(ctx.get_help())
 
 
 @cli.command()
@@ -70,6 +106,7 @@ def run(experiment: Path | None, overrides: tuple[str, ...], out: Path | None, t
     config = load_experiment(experiment, parse_overrides(overrides))
     out = out or Path("runs") / f"{experiment.stem}-{config.config_hash()}"
     check_folder(out, "--out")
+    check_trial_folder(out)
     trial = Trial(config, out, on_round=lambda record: click.echo(round_row(record)))
     done = trial.records()
     if len(done) < config.prune.rounds:
@@ -130,6 +167,16 @@ def ticket_export(path: str, trial: str | None, round_index: int | None, replica
                f"config {written['source']['config_hash']} -> {out}")
 
 
+TRIAL_MARKER = "config.yaml"  # the first file a trial writes into its folder
+
+
+def check_trial_folder(out: Path) -> None:
+    """--out must be new, empty, or a trial's folder (to resume it): never a folder of other files."""
+    if out.is_dir() and not (out / TRIAL_MARKER).exists() and any(out.iterdir()):
+        raise UserError("--out", f"{out} is not empty and holds no trial (no {TRIAL_MARKER}); give a new or "
+                                 "empty folder, or the folder of a trial to resume it")
+
+
 def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -137,25 +184,52 @@ def format_value(value: Any) -> str:
 
 
 def print_status(status: dict[str, Any]) -> None:
-    click.echo(f"sweep {status['name']} at {status['experiment_dir']}: objective {status['objective']} "
-               f"({', '.join(f'{m} {o}' for m, o in zip(status['metric'], status['mode'], strict=True))}); "
-               f"{len(status['trials'])}/{status['num_samples']} trials "
-               + ", ".join(f"{n} {state.lower()}" for state, n in status["counts"].items()))
+    echo(f"sweep {status['name']} at {status['experiment_dir']}: objective {status['objective']} "
+         f"({', '.join(f'{m} {o}' for m, o in zip(status['metric'], status['mode'], strict=True))}); "
+         f"{len(status['trials'])}/{status['num_samples']} trials "
+         + ", ".join(f"{n} {state.lower()}" for state, n in status["counts"].items()))
     params = sorted({k for row in status["trials"] for k in row["params"]})
     columns = ["trial_id", "state", *params, "rounds_done", "density", "val_acc", "objective"]
     table = [[format_value(row["params"].get(c) if c in params else row.get(c)) for c in columns]
              for row in status["trials"]]
     widths = [max(len(c), *(len(r[i]) for r in table)) if table else len(c) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    echo("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
     for r in table:
-        click.echo("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
+        echo("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
     if status.get("best"):
-        click.echo("best trials: " + "; ".join(
+        echo("best trials: " + "; ".join(
             f"{b['trial_id']} objective {format_value(b['objective'])} "
             f"({', '.join(f'{k}={format_value(v)}' for k, v in b['params'].items())})" for b in status["best"]))
     if status["pareto"]:
-        click.echo("pareto front (density, val_acc) over all rounds: " + ", ".join(
+        echo("pareto front (density, val_acc) over all rounds: " + ", ".join(
             f"({p['density']:.3f}, {p['val_acc']:.4f})" for p in status["pareto"]))
+
+
+def is_finished(status: dict[str, Any]) -> bool:
+    states = [row["state"] for row in status["trials"]]
+    return len(states) >= status["num_samples"] and all(state == "TERMINATED" for state in states)
+
+
+def same_file(fd_a: int, fd_b: int) -> bool:
+    try:
+        a, b = os.fstat(fd_a), os.fstat(fd_b)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def say_twice(text: str) -> None:
+    """On stdout, and on stderr as well unless both are the same terminal or file: a line that must reach
+    the user even when stdout is a pipe whose reader died (Ctrl+C kills `tee` too)."""
+    echo(text)
+    if not same_file(sys.stdout.fileno(), sys.stderr.fileno()):
+        echo(text, err=True)
+
+
+def stop_unfinished(spec: LaunchSpec, failed: bool = False) -> None:
+    say_twice(f"the sweep is not finished{' (some trials failed)' if failed else ''}; "
+              f"continue it with: lth-sweep resume {spec.experiment_dir}")
+    sys.exit(1 if failed else 130)
 
 
 def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
@@ -163,19 +237,31 @@ def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
 
     status = sweep_status(spec.experiment_dir)
     print_status(status)
-    states = [row["state"] for row in status["trials"]]
-    failed = "ERROR" in states
-    unfinished = len(states) < status["num_samples"] or any(state != "TERMINATED" for state in states)
+    failed = any(row["state"] == "ERROR" for row in status["trials"])
     if spec.wandb_mode == "offline":
-        click.echo(f"W&B runs were written offline under {spec.experiment_dir}/by_config/*/wandb; "
-                   "upload them with: wandb sync DIR")
-    if interrupted or unfinished:
+        echo(f"W&B runs were written offline under {spec.experiment_dir}/by_config/*/wandb; "
+             "upload them with: wandb sync DIR")
+    if interrupted or not is_finished(status):
         # Tune catches Ctrl+C itself, saves the experiment and returns: unfinished trials and no
         # errors mean the sweep was stopped, not that it failed.
-        click.echo(f"the sweep is not finished{' (some trials failed)' if failed else ''}; "
-                   f"continue it with: lth-sweep resume {spec.experiment_dir}")
-        sys.exit(1 if failed else 130)
-    click.echo(f"everything is under {spec.experiment_dir}")
+        stop_unfinished(spec, failed)
+    echo(f"everything is under {spec.experiment_dir}")
+
+
+def run_and_finish(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool) -> None:
+    """Runs the sweep and prints its summary; Ctrl+C at any point ends with the resume command and exit 130."""
+    from lth_sweep.sweep.launch import driver_log_path, run_sweep
+
+    try:
+        if not verbose:
+            echo(f"# Ray's and Tune's own output goes to {driver_log_path(spec)} (-v shows it here)")
+        _, interrupted = run_sweep(spec, address, resume=resume, verbose=verbose)
+        finish_sweep(spec, interrupted)
+    except KeyboardInterrupt:
+        stop_unfinished(spec)
+
+
+VERBOSE = click.option("-v", "--verbose", is_flag=True, help="Show Ray's and Tune's own output here too.")
 
 
 @cli.command()
@@ -183,43 +269,50 @@ def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a dotted key of the sweep (search.num_samples=4) or of its experiment (prune.rounds=3).")
 @click.option("--name", default=None, help="Sweep name (default: the sweep file's name).")
-@click.option("--storage", default=None, help="Folder or URI (s3://, gs://) for the sweep's results.")
+@click.option("--storage", default=None, help="Folder or URI (s3://, gs://) for the sweep's results "
+                                              "(default: the sweep file's storage:, relative to that file).")
 @click.option("--address", default=None, help="Ray cluster address (default: start Ray on this machine).")
+@VERBOSE
 def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, storage: str | None,
-           address: str | None) -> None:
+           address: str | None, verbose: bool) -> None:
     """Run a sweep: Ray Tune trials, each a full IMP schedule, searched by Optuna, logged to W&B."""
     from lth_sweep.config import parse_overrides
-    from lth_sweep.sweep.launch import prepare_launch, run_sweep
+    from lth_sweep.sweep.launch import prepare_launch
     from lth_sweep.sweep.lock import driver_lock
     from lth_sweep.sweep.schema import load_sweep
 
     sweep, experiment = load_sweep(sweep_file, parse_overrides(overrides))
     spec = prepare_launch(sweep, experiment, storage, name, address)
     with driver_lock(spec.experiment_dir):
-        click.echo(f"# sweep {sweep.name}: {sweep.search.num_samples} trials, objective {sweep.objective.name}, "
-                   f"W&B {spec.wandb_mode} -> {spec.experiment_dir}")
-        _, interrupted = run_sweep(spec, address, resume=False)
-        finish_sweep(spec, interrupted)
+        echo(f"# sweep {sweep.name}: {sweep.search.num_samples} trials, objective {sweep.objective.name}, "
+             f"W&B {spec.wandb_mode} -> {spec.experiment_dir}")
+        run_and_finish(spec, address, resume=False, verbose=verbose)
 
 
 @cli.command()
 @click.argument("path")
 @click.option("--address", default=None, help="Ray cluster address (default: start Ray on this machine).")
-def resume(path: str, address: str | None) -> None:
+@VERBOSE
+def resume(path: str, address: str | None, verbose: bool) -> None:
     """Continue an interrupted sweep; finished rounds are never recomputed."""
-    from lth_sweep.sweep.launch import check_resources, run_sweep, with_env_wandb_mode
+    from lth_sweep.sweep.launch import check_resources, with_env_wandb_mode
     from lth_sweep.sweep.lock import driver_lock
     from lth_sweep.sweep.spec import load_spec
+    from lth_sweep.sweep.status import sweep_status
 
     spec = with_env_wandb_mode(load_spec(path))
+    status = sweep_status(spec.experiment_dir)
+    if is_finished(status):
+        echo(f"sweep {spec.name} at {spec.experiment_dir} is finished ({len(status['trials'])} trials); "
+             f"nothing to resume; see: lth-sweep status {spec.experiment_dir}")
+        return
     check_resources(spec.sweep.resources, address)
     with driver_lock(spec.experiment_dir) as dead_driver:
-        click.echo(f"# resuming sweep {spec.name} at {spec.experiment_dir}")
+        echo(f"# resuming sweep {spec.name} at {spec.experiment_dir}")
         if dead_driver:
-            click.echo(f"# taking the sweep over from pid {dead_driver.get('pid')} on host {dead_driver.get('host')}, "
-                       "which stopped without releasing it")
-        _, interrupted = run_sweep(spec, address, resume=True)
-        finish_sweep(spec, interrupted)
+            echo(f"# taking the sweep over from pid {dead_driver.get('pid')} on host {dead_driver.get('host')}, "
+                 "which stopped without releasing it")
+        run_and_finish(spec, address, resume=True, verbose=verbose)
 
 
 @cli.command()

@@ -19,6 +19,7 @@ import sweep_helpers as h
 import yaml
 
 from lth_sweep.config import build_experiment
+from lth_sweep.sweep.launch import DRIVER_LOG
 from lth_sweep.sweep.trainable import FAIL_ONCE_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -185,12 +186,16 @@ def test_launching_the_same_name_again_exits_2_and_leaves_it_alone(sweep: h.Swee
     assert h.ledger(sweep.dir) == before and sorted(p.name for p in sweep.dir.iterdir()) == names
 
 
-def test_resuming_a_finished_sweep_trains_nothing(sweep: h.Sweep, trials: list[dict[str, Any]]) -> None:
+def test_resuming_a_finished_sweep_says_so_without_ray(sweep: h.Sweep, trials: list[dict[str, Any]],
+                                                       ray_tmp: Path) -> None:
     before = h.ledger(sweep.dir)
     runs = sorted(p.name for p in sweep.dir.glob("by_config/*/wandb/wandb/offline-run-*"))
-    result = h.run_cli("resume", sweep.dir, cwd=sweep.cwd, env=sweep.env, timeout=180)
+    sessions = sorted((ray_tmp / "ray").glob("session_2*"))  # a Ray started by this resume would add one
+    result = h.run_cli("resume", sweep.dir, cwd=sweep.cwd, env=h.cli_env(ray_tmp), timeout=180)
     assert result.returncode == 0, result.explain()
-    assert f"everything is under {sweep.dir}" in result.stdout
+    assert result.stdout.splitlines() == [f"sweep imp at {sweep.dir} is finished ({NUM_SAMPLES} trials); "
+                                          f"nothing to resume; see: lth-sweep status {sweep.dir}"], result.explain()
+    assert sorted((ray_tmp / "ray").glob("session_2*")) == sessions, "resume started Ray"
     assert h.ledger(sweep.dir) == before
     assert sorted(p.name for p in sweep.dir.glob("by_config/*/wandb/wandb/offline-run-*")) == runs
     after = h.status_json(sweep.dir, sweep.cwd, sweep.env)["trials"]
@@ -231,7 +236,8 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint(tmp_path: Path, data
     tree = h.sweep_tree(data_root, rounds=3, num_samples=1)
     finished = h.launch_sweep(tree, tmp_path, ray_tmp, name="flaky", **{FAIL_ONCE_ENV: "1"})
     assert finished.launch.returncode == 0, finished.launch.explain()
-    assert "injected failure after round 1" in finished.launch.stdout + finished.launch.stderr
+    assert "injected failure after round 1" in (finished.dir / DRIVER_LOG).read_text()  # Tune's report of it
+    assert "failed; restarting it from its last round" in finished.launch.stdout  # our progress line
     status = h.status_json(finished.dir, finished.cwd, finished.env)
     (row,) = status["trials"]
     assert row["state"] == "TERMINATED" and row["failures"] == 1 and row["rounds_done"] == 3, row

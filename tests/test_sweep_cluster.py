@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import sweep_helpers as h
 
+from lth_sweep.sweep.launch import DRIVER_LOG
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 ROUNDS = 2
@@ -69,7 +71,8 @@ def test_cluster_has_two_nodes_of_one_cpu(cluster: Any) -> None:
 
 def test_sweep_on_the_cluster_finishes(sweep: h.Sweep) -> None:
     assert sweep.launch.returncode == 0, sweep.launch.explain()
-    assert "Started a local Ray instance" not in sweep.launch.stdout + sweep.launch.stderr
+    log = (sweep.dir / DRIVER_LOG).read_text()  # Ray's own output
+    assert "Started a local Ray instance" not in log and "Connecting to existing Ray cluster" in log
 
 
 def test_the_two_trials_ran_on_different_nodes(sweep: h.Sweep, cluster: Any) -> None:

@@ -48,6 +48,12 @@ def test_ctrl_c_saves_exits_and_resumes(tmp_path: Path, data_root: Path, ray_tmp
     assert seconds < 30, f"Ctrl+C took {seconds:.1f} s"
     assert f"lth-sweep resume {sweep_dir}" in output
     assert len(h.ledger(sweep_dir)) < NUM_SAMPLES * ROUNDS
+    # "best trials" are trials that finished all their rounds, never a running value
+    stopped = h.status_json(sweep_dir, tmp_path, env)
+    partial = {t["trial_id"] for t in stopped["trials"] if 0 < t["rounds_done"] < ROUNDS}
+    assert all(b["rounds_done"] == ROUNDS for b in stopped["best"]), stopped
+    best_line = next((line for line in output.splitlines() if line.startswith("best trials:")), "")
+    assert not any(trial_id in best_line for trial_id in partial), output[-3000:]
 
     resumed = h.run_cli("resume", sweep_dir, cwd=tmp_path, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.explain()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import re
-import sys
+import signal
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,7 @@ def concurrent_trials(sweep: SweepConfig, on_cluster: bool) -> int:
     return max(1, min(sweep.search.num_samples, int(min(fits))))
 
 
-def build_tuner(spec: LaunchSpec, on_cluster: bool):
+def build_tuner(spec: LaunchSpec, on_cluster: bool, callbacks: list[Any] | None = None, verbose: bool = False):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -87,15 +89,15 @@ def build_tuner(spec: LaunchSpec, on_cluster: bool):
             name=name, storage_path=parent,
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            verbose=1,
+            callbacks=callbacks, verbose=1 if verbose else 0,
         ),
     )
 
 
-def init_ray(address: str | None, spec: LaunchSpec) -> None:
-    """Starts (or joins) Ray. The W&B API key is not in the runtime_env (Ray writes that to its logs):
-    local workers inherit it from this process, a cluster's workers read their own environment or
-    W&B's credential file."""
+def init_ray(address: str | None, spec: LaunchSpec) -> str | None:
+    """Starts (or joins) Ray; returns a warning for the terminal when no node of the cluster fits a trial.
+    The W&B API key is not in the runtime_env (Ray writes that to its logs): local workers inherit it
+    from this process, a cluster's workers read their own environment or W&B's credential file."""
     import ray
 
     env_vars = {"WANDB_MODE": spec.wandb_mode, "WANDB_SILENT": "true"}
@@ -107,9 +109,8 @@ def init_ray(address: str | None, spec: LaunchSpec) -> None:
         kwargs["include_dashboard"] = False
     ray.init(address=address, **kwargs)
     if on_cluster(address):
-        warning = no_node_fits(spec.sweep.resources, [node["Resources"] for node in ray.nodes() if node["Alive"]])
-        if warning:
-            print(f"lth-sweep: warning: {warning}", file=sys.stderr)
+        return no_node_fits(spec.sweep.resources, [node["Resources"] for node in ray.nodes() if node["Alive"]])
+    return None
 
 
 def with_env_wandb_mode(spec: LaunchSpec) -> LaunchSpec:
@@ -183,22 +184,127 @@ def prepare_launch(sweep: SweepConfig, experiment: dict[str, Any], storage_locat
                       wandb_mode=resolve_mode(sweep.wandb.mode))
 
 
-def run_sweep(spec: LaunchSpec, address: str | None, resume: bool) -> tuple[Any, bool]:
-    """Launches (or resumes) the sweep; returns (ResultGrid or None, interrupted)."""
+DRIVER_LOG = "driver.log"
+
+
+def driver_log_path(spec: LaunchSpec) -> Path:
+    """Where Ray's, Tune's and Optuna's own output goes: the sweep folder, or a temp folder for a URI."""
+    if storage.is_uri(spec.experiment_dir):
+        return Path(tempfile.gettempdir()) / "lth_sweep" / spec.name / DRIVER_LOG
+    return Path(spec.experiment_dir) / DRIVER_LOG
+
+
+def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool = False) -> tuple[Any, bool]:
+    """Launches (or resumes) the sweep, a progress line per round on the terminal and Ray's own output in
+    `driver_log_path(spec)` (on the terminal too with `verbose`); returns (ResultGrid or None, interrupted).
+    Ray is shut down before it returns, Ctrl+C or not, and no process of the Ray instance it started is left."""
     from ray import tune
+
+    from lth_sweep.sweep.progress import Progress, Terminal
 
     if not resume:
         if not storage.is_uri(spec.experiment_dir):
             Path(spec.experiment_dir).mkdir(parents=True, exist_ok=True)
         save_spec(spec)
-    init_ray(address, spec)
-    if resume:
-        tuner = tune.Tuner.restore(spec.experiment_dir, make_trainable(spec),
-                                   resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = build_tuner(spec, on_cluster=address is not None)
+    metrics, modes = objective_metrics(spec.sweep.objective)
+    single = len(metrics) == 1
+    with Terminal(None if verbose else driver_log_path(spec)) as terminal:
+        progress = Progress(terminal, spec.sweep.search.num_samples, spec.rounds(),
+                            metrics[0] if single else None, modes[0] if single else None)
+        try:
+            warning = init_ray(address, spec)
+            if warning:
+                terminal.line(f"lth-sweep: warning: {warning}")
+            if resume:
+                tuner = tune.Tuner.restore(spec.experiment_dir, make_trainable(spec),
+                                           resume_unfinished=True, resume_errored=True)
+                # the run config comes back from tuner.pkl as launched: this run's progress and verbosity
+                # (no public API sets them on a restored Tuner; a Ray Client tuner has no local one)
+                if tuner._local_tuner is not None:
+                    run_config = tuner._local_tuner.get_run_config()
+                    run_config.callbacks = [progress]
+                    run_config.verbose = 1 if verbose else 0
+            else:
+                tuner = build_tuner(spec, on_cluster=address is not None, callbacks=[progress], verbose=verbose)
+            return tuner.fit(), False
+        except KeyboardInterrupt:  # a second Ctrl+C (Tune handles the first), or one before Tune started
+            return None, True
+        finally:
+            shutdown_ray()
+
+
+def shutdown_ray() -> None:
+    """ray.shutdown(), then ends what is left of the Ray instance this driver started (its agents ignore
+    SIGTERM and would linger for minutes). A cluster this driver only joined is left alone. Ctrl+C is
+    ignored meanwhile: a second one must not leave Ray half stopped."""
+    import ray
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        results = tuner.fit()
-    except KeyboardInterrupt:
-        return None, True
-    return results, False
+        ours = ray_session_processes()
+        ray.shutdown()
+        end_processes(ours)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def ray_session_processes() -> list[tuple[int, str]]:
+    """(pid, start time) of every process of the Ray instance this driver started: those whose command
+    line names the session, and all their descendants (the agents rename themselves; workers start
+    sessions of their own). Empty when this driver joined a cluster or is not on Linux."""
+    import ray
+
+    node = ray._private.worker._global_node  # no public API says whether ray.init started the instance
+    if node is None or not node.head or not Path("/proc").is_dir():
+        return []
+    table = process_table()
+    ours = {pid for pid, (_, _, cmdline) in table.items() if node.session_name in cmdline}
+    grew = True
+    while grew:
+        children = {pid for pid, (ppid, _, _) in table.items() if ppid in ours} - ours
+        ours |= children
+        grew = bool(children)
+    ours.discard(os.getpid())
+    return [(pid, table[pid][1]) for pid in ours]
+
+
+def process_table() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, start time, command line) of every live process, from /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] in ("Z", "X"):
+            continue
+        table[int(entry)] = (int(fields[1]), fields[19], cmdline)
+    return table
+
+
+def end_processes(processes: list[tuple[int, str]], grace_s: float = 5.0) -> None:
+    """Waits up to `grace_s` for the processes to exit, then SIGTERM, then SIGKILL; a pid whose start time
+    changed is another process now and is left alone."""
+
+    def alive() -> list[int]:
+        table = process_table()
+        return [pid for pid, started in processes if pid in table and table[pid][1] == started]
+
+    for sig, wait_s in ((None, grace_s), (signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
+        left = alive()
+        if sig is not None:
+            for pid in left:
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        deadline = time.monotonic() + wait_s
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = alive()
+        if not left:
+            return

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lth_sweep.config import ExperimentConfig, build_experiment, read_yaml, set_dotted
 from lth_sweep.errors import UserError
+from lth_sweep.storage import is_uri
 
 
 class Section(BaseModel):
@@ -192,11 +193,20 @@ def check_space(experiment: dict[str, Any], space: dict[str, Distribution]) -> E
     return base
 
 
+def relative_to_file(location: str, base_dir: Path) -> str:
+    """A sweep file's `storage:` folder is relative to the file, like `experiment:`; a URI stays as it is."""
+    if is_uri(location):
+        return location
+    folder = Path(location.removeprefix("file://")).expanduser()
+    return str(folder if folder.is_absolute() else base_dir / folder)
+
+
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[SweepConfig, dict[str, Any]]:
     """Reads and validates a sweep file; returns it with the resolved (fixed) experiment dict."""
     path = Path(path)
     tree = read_yaml(path, "sweep")
     overrides = overrides or {}
+    storage_from_file = "storage" in tree and "storage" not in overrides
     for key, value in overrides.items():
         if key.startswith("search.space."):  # the space's own keys are dotted: search.space.prune.rate.uniform
             searched, _, kind = key.removeprefix("search.space.").rpartition(".")
@@ -214,6 +224,8 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
         raise _validation_error(err) from None
     if sweep.name is None:
         sweep.name = path.stem
+    if storage_from_file:
+        sweep.storage = relative_to_file(sweep.storage, path.parent)
     experiment = resolve_experiment(sweep, path.parent, overrides)
     try:
         check_space(experiment, sweep.search.space)

@@ -1,0 +1,134 @@
+"""What the terminal shows while a sweep runs: one line per finished round (trials running and done, rounds
+done, best objective so far), while Ray's, Tune's and Optuna's own output goes to a log file.
+
+The redirection is at the file-descriptor level: Ray's C++ core writes to fd 2 itself, the workers' output
+comes through the driver (`log_to_driver`), and the loggers of Ray, Tune and Optuna hold `sys.stderr`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+
+class Terminal:
+    """Within `with Terminal(log_path):`, fds 1 and 2 write to `log_path` and `line()` to the terminal (and the
+    log). With `log_path=None` (verbose) nothing is redirected. A terminal that went away (the reader of a pipe
+    died, as `tee` does on Ctrl+C) is dropped silently: the lines still reach the log."""
+
+    def __init__(self, log_path: Path | None) -> None:
+        self.log_path = log_path
+        self._saved: tuple[int, int] | None = None
+        self.terminal_gone = False
+
+    def __enter__(self) -> Terminal:
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self._saved = (os.dup(1), os.dup(2))
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            os.close(log_fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is None:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except OSError:
+                pass
+        for fd, saved in zip((1, 2), self._saved, strict=True):
+            os.dup2(saved, fd)
+            os.close(saved)
+        self._saved = None
+
+    def line(self, text: str) -> None:
+        data = (text + "\n").encode()
+        if self._saved is None:
+            self._write(sys.stdout.fileno(), data, flush_first=True)
+            return
+        self._write(self._saved[0], data)
+        try:
+            os.write(1, data)  # the log
+        except OSError:
+            pass
+
+    def _write(self, fd: int, data: bytes, flush_first: bool = False) -> None:
+        if self.terminal_gone:
+            return
+        try:
+            if flush_first:
+                sys.stdout.flush()
+            os.write(fd, data)
+        except OSError as err:
+            if err.errno not in (errno.EPIPE, errno.EBADF, errno.EIO):
+                raise
+            self.terminal_gone = True
+
+
+def format_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class Progress(Callback):
+    """Tune callback: a line per round a trial reports, a line per trial that fails."""
+
+    def __init__(self, terminal: Terminal | None, num_samples: int, rounds: int, metric: str | None,
+                 mode: str | None) -> None:
+        self.terminal = terminal
+        self.num_samples, self.rounds = num_samples, rounds
+        self.metric, self.mode = metric, mode  # None for a multi-objective sweep: no single "best"
+        self.started = time.monotonic()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into tuner.pkl; a resumed sweep installs a fresh Progress
+        return {**self.__dict__, "terminal": None}
+
+    def say(self, text: str) -> None:
+        if self.terminal is not None:
+            elapsed = int(time.monotonic() - self.started)
+            self.terminal.line(f"[{elapsed // 60:d}:{elapsed % 60:02d}] {text}")
+
+    def overview(self, trials: list[Any], latest: tuple[Any, dict[str, Any]] | None = None) -> str:
+        """'2 running, 3/8 trials done, 19/40 rounds, best 0.1983' over every trial Tune knows."""
+        results = {trial.trial_id: trial.last_result or {} for trial in trials}
+        if latest is not None:
+            results[latest[0].trial_id] = latest[1]
+        rounds_done = {tid: int(r.get("rounds_done") or 0) for tid, r in results.items()}
+        done = [t for t in trials if t.status == "TERMINATED" or rounds_done[t.trial_id] >= self.rounds]
+        running = sum(t.status == "RUNNING" for t in trials) - sum(t.status == "RUNNING" for t in done)
+        failed = sum(t.status == "ERROR" for t in trials)
+        text = (f"{running} running, {len(done)}/{self.num_samples} trials done"
+                f"{f', {failed} failed' if failed else ''}, "
+                f"{sum(rounds_done.values())}/{self.num_samples * self.rounds} rounds")
+        if self.metric is not None:
+            finished = [results[t.trial_id].get(self.metric) for t in done if rounds_done[t.trial_id] >= self.rounds]
+            finished = [v for v in finished if isinstance(v, int | float)]
+            if finished:
+                text += f", best {format_value(min(finished) if self.mode == 'min' else max(finished))}"
+        return text
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
+                        **info: Any) -> None:
+        if "rounds_done" not in result:
+            return
+        values = ", ".join(f"{key} {format_value(result[key])}" for key in ("density", "val_acc", "objective")
+                           if key in result)
+        self.say(f"trial {trial.trial_id} round {result['rounds_done']}/{self.rounds}: {values} | "
+                 f"{self.overview(trials, (trial, result))}")
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.say(f"trial {trial.trial_id} failed; restarting it from its last round")
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.say(f"trial {trial.trial_id} failed for good (its error is in the log) | {self.overview(trials)}")

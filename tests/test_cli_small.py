@@ -1,0 +1,123 @@
+"""Small things a user meets at once: `--version`, bare `lth-sweep`, a command listing that is not cut off,
+`storage:` relative to the sweep file, and `run --out` refusing a folder of other files.
+In-process through `lth_sweep.cli.main` (same code and exit codes as the command), one real subprocess."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+import sweep_helpers as h
+
+from lth_sweep.cli import cli, main
+from lth_sweep.sweep.launch import prepare_launch
+from lth_sweep.sweep.schema import load_sweep
+
+
+class Outcome(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str | Path) -> Outcome:
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return Outcome(code, captured.out, captured.err)
+
+
+def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_main(capsys, "--version")
+    assert result == (0, f"lth-sweep {importlib.metadata.version('lth-sweep')}\n", "")
+
+
+def test_bare_command_prints_its_help_and_exits_0() -> None:
+    proc = subprocess.run([sys.executable, "-m", "lth_sweep.cli"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: lth-sweep") and "Commands:" in proc.stdout and proc.stderr == ""
+
+
+def test_command_listing_shows_each_first_sentence_whole(capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "70")  # a narrow terminal: click would cut the help to fit
+    result = run_main(capsys, "--help")
+    assert result.code == 0
+    listing = " ".join(result.out.split("Commands:")[1].split())
+    assert "..." not in listing, result.out
+    for name, command in cli.commands.items():
+        first_sentence = " ".join((command.help or "").split(". ")[0].split())
+        assert f"{name} {first_sentence}" in listing, f"{name}: {first_sentence!r} not whole in\n{result.out}"
+
+
+# ------------------------------------------------------------------------------------ storage: in a sweep file
+
+
+@pytest.fixture
+def sweep_in_subfolder(tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """write(storage) -> a sweep file two folders below tmp_path; the cwd is a sibling folder."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+
+    def write(**top: Any) -> Path:
+        return h.write_sweep(tmp_path / "project" / "sweeps" / "imp.yaml", h.sweep_tree(data_root, **top))
+
+    return write
+
+
+def test_storage_in_the_sweep_file_is_relative_to_the_file(sweep_in_subfolder: Any, tmp_path: Path) -> None:
+    sweep, experiment = load_sweep(sweep_in_subfolder(storage="../runs"))
+    spec = prepare_launch(sweep, experiment, None, None)
+    assert spec.experiment_dir == str(tmp_path / "project" / "runs" / "imp")
+
+
+def test_storage_on_the_command_line_is_relative_to_the_cwd(sweep_in_subfolder: Any, tmp_path: Path) -> None:
+    sweep_file = sweep_in_subfolder(storage="../runs")
+    sweep, experiment = load_sweep(sweep_file)
+    assert prepare_launch(sweep, experiment, "out", None).experiment_dir == str(tmp_path / "elsewhere" / "out" / "imp")
+    sweep, experiment = load_sweep(sweep_file, {"storage": "set_out"})  # launch --set storage=...
+    expected = tmp_path / "elsewhere" / "set_out" / "imp"
+    assert prepare_launch(sweep, experiment, None, None).experiment_dir == str(expected)
+
+
+def test_storage_absolute_or_uri_or_default_is_unchanged(sweep_in_subfolder: Any, tmp_path: Path) -> None:
+    assert load_sweep(sweep_in_subfolder(storage=str(tmp_path / "abs")))[0].storage == str(tmp_path / "abs")
+    assert load_sweep(sweep_in_subfolder(storage="s3://bucket/lth"))[0].storage == "s3://bucket/lth"
+    sweep, experiment = load_sweep(sweep_in_subfolder())  # no storage key: the default, under the cwd
+    assert prepare_launch(sweep, experiment, None, None).experiment_dir == str(
+        tmp_path / "elsewhere" / "runs" / "sweeps" / "imp")
+
+
+# ------------------------------------------------------------------------------------ run --out
+
+
+def test_run_refuses_a_non_empty_folder_that_holds_no_trial(capsys: pytest.CaptureFixture[str],
+                                                           write_config: Any, tmp_path: Path) -> None:
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "chapter1.tex").write_text("precious")
+    result = run_main(capsys, "run", write_config(), "--out", out)
+    assert result.code == 2, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and "--out" in lines[0] and str(out) in lines[0] and "Traceback" not in result.err
+    assert sorted(p.name for p in out.iterdir()) == ["chapter1.tex"]
+
+
+def test_run_accepts_an_empty_folder_and_resumes_its_own(capsys: pytest.CaptureFixture[str], write_config: Any,
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "empty"
+    out.mkdir()
+    config = write_config()
+    first = run_main(capsys, "run", config, "--out", out, "--set", "prune.rounds=1")
+    assert first.code == 0, first
+    again = run_main(capsys, "run", config, "--out", out, "--set", "prune.rounds=1")  # a trial's folder: resumes
+    assert again.code == 0, again
