@@ -126,6 +126,8 @@ class Progress(Callback):
                            if key in result)
         self.say(f"trial {trial.trial_id} round {result['rounds_done']}/{self.rounds}: {values} | "
                  f"{self.overview(trials, (trial, result))}")
+        if result.get("notice"):
+            self.say(f"trial {trial.trial_id} ({result.get('config_hash')}): warning: {result['notice']}")
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.say(f"trial {trial.trial_id} failed; restarting it from its last round")

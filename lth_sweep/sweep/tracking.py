@@ -96,6 +96,7 @@ class Tracker:
                  config: dict[str, Any], directory: Path, objective_mode: str | None,
                  iterations_per_round: int) -> None:
         self.run = None
+        self.notices: list[str] = []  # warnings not yet shown on the driver's terminal
         self.mode = resolve_mode(settings.mode)
         self.iterations_per_round = iterations_per_round
         self.logged_rounds_path = directory / "logged_rounds.json"
@@ -134,14 +135,19 @@ class Tracker:
         except Exception as err:  # noqa: BLE001 - W&B raises several types (CommError, UsageError, ...)
             if self.mode != "online":
                 raise
-            log.warning("W&B did not start online (%s); this trial's run is written offline under %s "
-                        "(upload it later with: wandb sync)", first_line(err), directory / "wandb")
+            self.notice(f"W&B did not start online ({first_line(err)}); this trial's run is written offline "
+                        f"under {directory / 'wandb'} (upload it later with: wandb sync)")
         wandb.teardown()  # the failed online run still holds its id in W&B's service
         self.mode = "offline"
         return wandb.init(mode="offline", settings=settings(), **start)
 
+    def notice(self, text: str) -> None:
+        """A warning for this worker's log and, through the trial's next report, the driver's terminal."""
+        log.warning("%s", text)
+        self.notices.append(text)
+
     def _give_up(self, err: BaseException) -> None:
-        log.warning("W&B tracking is off for this trial: %s", first_line(err))
+        self.notice(f"W&B tracking is off for this trial: {first_line(err)}")
         self.run = None
 
     def log_round(self, record: dict[str, Any], extra: dict[str, Any]) -> None:

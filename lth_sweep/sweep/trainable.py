@@ -66,10 +66,10 @@ def tune_checkpoints(checkpoint, stack: ExitStack) -> Iterator[Candidate]:
         yield Candidate(f"Tune checkpoint {path}", Path(stack.enter_context(saved.as_directory())))
 
 
-def restore_engine_dir(spec: LaunchSpec, config_hash: str, engine_dir: Path, checkpoint) -> int:
+def restore_engine_dir(spec: LaunchSpec, config_hash: str, engine_dir: Path, checkpoint) -> tuple[int, str | None]:
     """Brings the most advanced intact saved state into `engine_dir` (the engine's own, else a remote copy, else
     Tune's newest intact checkpoint, else none: the config starts over), says which in one log line when it is
-    not simply the engine's own; returns the rounds Tune already has."""
+    not simply the engine's own; returns the rounds Tune already has, and that line."""
     engine = Candidate(f"the engine state in {engine_dir}", engine_dir)
     with ExitStack() as stack:
         groups: list[Iterable[Candidate]] = [[engine]]
@@ -91,7 +91,7 @@ def restore_engine_dir(spec: LaunchSpec, config_hash: str, engine_dir: Path, che
     line = describe(choice, engine.label)
     if line is not None:
         print(f"lth-sweep: config {config_hash}: {line}", file=sys.stderr, flush=True)
-    return reported
+    return reported, line
 
 
 def imp_trainable(params: dict[str, Any], spec: LaunchSpec) -> None:
@@ -107,7 +107,7 @@ def imp_trainable(params: dict[str, Any], spec: LaunchSpec) -> None:
     _, modes = objective_metrics(sweep.objective)
     iterations_per_round = config.iterations_per_round(config.steps_per_epoch())
     with storage.exclusive(root):
-        reported = restore_engine_dir(spec, config_hash, engine_dir, tune.get_checkpoint())
+        reported, restored_from = restore_engine_dir(spec, config_hash, engine_dir, tune.get_checkpoint())
         context = tune.get_context()
         tracker = Tracker(
             sweep.wandb.model_copy(update={"mode": spec.wandb_mode}),
@@ -117,6 +117,8 @@ def imp_trainable(params: dict[str, Any], spec: LaunchSpec) -> None:
                     "sweep": sweep.name},
             directory=root / "wandb", objective_mode=None if len(modes) > 1 else modes[0],
             iterations_per_round=iterations_per_round)
+        if restored_from:
+            tracker.notices.append(restored_from)
         records: list[dict[str, Any]] = []
         node_id = ray.get_runtime_context().get_node_id()
         fail_after = os.environ.get(FAIL_ONCE_ENV)
@@ -134,6 +136,9 @@ def imp_trainable(params: dict[str, Any], spec: LaunchSpec) -> None:
             remote = storage.join(spec.experiment_dir, "by_config", config_hash, "engine")
             if storage.is_uri(remote):
                 storage.copy_dir(str(engine_dir), remote)
+            if tracker.notices:  # for the driver's terminal (a worker's own output goes to the driver's log)
+                extra["notice"] = "; ".join(tracker.notices)
+                tracker.notices.clear()
             tune.report({**scalar_metrics(record), **extra},
                         checkpoint=tune.Checkpoint.from_directory(str(engine_dir)))
             marker = root / ".failure_injected"
