@@ -176,3 +176,20 @@ def test_resumed_rounds_equal_the_uninterrupted_ones(interrupted: Interrupted, s
         resumed = h.engine_rounds(interrupted.dir, trial["config_hash"])
         reference = h.engine_rounds(uninterrupted.dir, trial["config_hash"])
         assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in reference], trial
+
+
+def test_the_optuna_storage_holds_one_trial_per_tune_trial(interrupted: Interrupted, status: dict[str, Any]) -> None:
+    """The study copied for optuna-dashboard (a journal file in the sweep folder) after the SIGKILL and the
+    resume: one study, one trial per Tune trial, each with its Tune trial's config and final objective."""
+    import optuna
+
+    from lth_sweep.sweep.optuna_store import JOURNAL_FILE, open_storage
+
+    storage = open_storage(str(interrupted.dir / JOURNAL_FILE))
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["imp"]
+    trials = optuna.load_study(study_name="imp", storage=storage).get_trials()
+    assert [t.number for t in trials] == list(range(NUM_SAMPLES))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    stored = sorted((sorted(t.params.items()), t.value) for t in trials)
+    expected = sorted((sorted(t["params"].items()), t["objective"]) for t in status["trials"])
+    assert stored == expected

@@ -45,6 +45,7 @@ class Figure:
     caption: str
     png: bytes
     series: list[Drawn]
+    width_in: float = 6.0  # printed size, so the page shows every figure at the same scale
 
 
 def figure(width: float, height: float, ncols: int = 1):
@@ -56,6 +57,10 @@ def figure(width: float, height: float, ncols: int = 1):
         fig = MplFigure(figsize=(width, height), layout="constrained")
         axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, list(axes)
+
+
+def inches(fig) -> float:
+    return float(fig.get_size_inches()[0])
 
 
 def to_png(fig) -> bytes:
@@ -186,7 +191,7 @@ def lottery_ticket(data: SweepData) -> Figure | None:
                       "is its dense network" + (f"; its {data.control} control dashed beside each ticket"
                                                 if data.control else "")
                       + (f"; bands are ±1 std over {data.replicates} replicates" if data.replicates > 1 else "")
-                      + ".", to_png(fig), drawn)
+                      + ".", to_png(fig), drawn, inches(fig))
 
     return styled(draw)
 
@@ -208,8 +213,9 @@ def early_stop(data: SweepData) -> Figure | None:
         ax.set_title("Iteration of minimum validation loss")
         legend(ax, data)
         return Figure("early_stop.png", "Early-stop iteration", "The iteration of minimum validation loss in each "
-                      "round: winning tickets learn faster than the dense network, controls slower.", to_png(fig),
-                      drawn)
+                      "round (measured every train.eval_every iterations). Frankle & Carbin found winning tickets "
+                      "reach it earlier than the dense network and random controls later.", to_png(fig), drawn,
+                      inches(fig))
 
     return styled(draw)
 
@@ -254,13 +260,12 @@ def objective_vs_params(data: SweepData) -> Figure | None:
             for t, px, py in zip(rows, x, y, strict=True):
                 if t.trial_id == best_id:
                     ax.scatter([px], [py], marker="*", s=110, color=BEST_COLOR, zorder=4, label="best")
-            ax.set_xlabel(key)
-            ax.set_title(key)
+            ax.set_xlabel(key + (" (log scale)" if dist.kind == "loguniform" else ""))
         axes[0].set_ylabel(objective_label(data))
         axes[0].legend(frameon=False)
         return Figure("objective_vs_params.png", "Objective against each searched hyperparameter",
                       f"Each point is a trial's {data.objective}; hollow points are trials still running.",
-                      to_png(fig), drawn)
+                      to_png(fig), drawn, inches(fig))
 
     return styled(draw)
 
@@ -320,7 +325,7 @@ def importance(data: SweepData) -> Figure | None:
                        list(range(len(keys))))]
         return Figure("importance.png", "Parameter importance", f"optuna.importance over the {len(data.finished)} "
                       f"finished trials: how much of the variation of {data.objective} each hyperparameter explains.",
-                      to_png(fig), drawn)
+                      to_png(fig), drawn, inches(fig))
 
     return styled(draw)
 
@@ -347,7 +352,7 @@ def pareto(data: SweepData) -> Figure | None:
         ax.set_title("Pareto front: sparsity against accuracy")
         ax.legend(loc="lower left", frameon=False)
         return Figure("pareto.png", "Pareto front", "Rounds no other round beats on both weights remaining and "
-                      "validation accuracy.", to_png(fig), drawn)
+                      "validation accuracy.", to_png(fig), drawn, inches(fig))
 
     return styled(draw)
 
@@ -373,9 +378,9 @@ def instability(data: SweepData) -> Figure | None:
         ax.set_ylabel("Instability (error barrier)")
         ax.set_title("Instability to SGD noise")
         ax.legend(loc="upper left", frameon=False)
-        return Figure("instability.png", "Instability", "The error barrier on the linear path between two copies "
-                      "of the round's network trained with different data orders; near 0 = stable.", to_png(fig),
-                      drawn)
+        return Figure("instability.png", "Instability", "Each round's `instability` as the trial recorded it "
+                      "(stability.points): the rise in error along the linear path between two copies of the network "
+                      "trained on different data orders; near 0 = stable.", to_png(fig), drawn, inches(fig))
 
     return styled(draw)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from lth_sweep.report.data import SweepData, TrialRow, is_number
 from lth_sweep.report.figures import Figure
+from lth_sweep.sweep.optuna_store import dashboard_command
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #222;
@@ -72,6 +73,9 @@ def progress(data: SweepData) -> str:
         items.append(("control", html.escape(data.control)))
     if data.replicates > 1:
         items.append(("replicates", f"{data.replicates} seeds per trial (values are means; bands ±1 std)"))
+    dashboard = dashboard_command(data.spec)
+    if dashboard:
+        items.append(("Optuna study", f"<code>{html.escape(dashboard)}</code>"))
     return '<dl class="progress">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
 
 
@@ -115,7 +119,8 @@ def trials_table(data: SweepData) -> str:
 
 def figure_block(fig: Figure) -> str:
     return (f"<figure id='{html.escape(fig.name.removesuffix('.png'))}'><img src='{html.escape(fig.name)}' "
-            f"alt='{html.escape(fig.title)}'><figcaption><b>{html.escape(fig.title)}.</b> "
+            f"style='width: {round(fig.width_in * 96)}px' alt='{html.escape(fig.title)}'>"
+            f"<figcaption><b>{html.escape(fig.title)}.</b> "
             f"{html.escape(fig.caption)}</figcaption></figure>")
 
 

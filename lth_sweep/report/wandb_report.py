@@ -37,7 +37,7 @@ def build_report(data: SweepData, entity: str, project: str, runset_entity: str 
 
     group = group_of(data)
     runset = wr.Runset(entity=runset_entity, project=runset_project, name=f"sweep {group}",
-                       filters=[expr.Metric("Group") == group])
+                       filters=expr.And(expr.Metric("Group") == group))
     accuracy = [
         wr.LinePlot(title=f"{title} against density", x="density", y=[key], log_x=True,
                     title_x="density (fraction of weights remaining)", title_y=title, legend_position="south")
@@ -81,6 +81,13 @@ def write_definition(data: SweepData, out_dir: Path) -> Path:
     return path
 
 
+def default_entity() -> str:
+    """The entity of the configured API key (asks the W&B server)."""
+    import wandb
+
+    return wandb.Api().default_entity
+
+
 def publish(data: SweepData, out_dir: Path) -> str:
     """Saves the W&B report when credentials exist and returns a line to print: its URL, or why not and where
     the definition was written instead."""
@@ -90,9 +97,7 @@ def publish(data: SweepData, out_dir: Path) -> str:
                 f"its definition is in {path}")
     settings = data.spec.sweep.wandb
     try:
-        import wandb
-
-        entity = settings.entity or wandb.Api().default_entity
+        entity = settings.entity or default_entity()
         report = build_report(data, entity=entity, project=settings.project, runset_entity=entity,
                               runset_project=settings.project)
         report.save()

@@ -13,6 +13,7 @@ once and the copy stops."""
 from __future__ import annotations
 
 import logging
+import shlex
 from typing import TYPE_CHECKING, Any
 
 from lth_sweep import storage as sweep_storage
@@ -68,8 +69,11 @@ def check_new_study(spec: LaunchSpec) -> None:
 
 
 def dashboard_command(spec: LaunchSpec) -> str | None:
+    """How to open the sweep's study in optuna-dashboard; None when it has no copy (yet)."""
     location = store_location(spec)
-    return None if location is None else f"optuna-dashboard {location}"
+    if location is None or ("://" not in location and not sweep_storage.exists(location)):
+        return None
+    return f"optuna-dashboard {shlex.quote(location)}"
 
 
 class StudyStore:
