@@ -16,7 +16,7 @@ from lth_sweep.report.data import RoundRow, Series, SweepData, TrialRow, is_numb
 TRIAL_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 BEST_COLOR = "#d62728"
 MAX_COLORED_TRIALS = len(TRIAL_COLORS)  # beyond that, the other trials are drawn in light grey
-PERCENT_TICKS = (100, 70, 50, 30, 20, 10, 7, 5, 3, 2, 1, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01)
+PERCENT_TICKS = tuple(round(m * 10.0 ** e, 6) for e in range(2, -3, -1) for m in (1, 0.7, 0.5, 0.35, 0.25, 0.15))
 PAPER_STYLE = {
     "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 7.5, "xtick.labelsize": 8,
     "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
@@ -156,7 +156,8 @@ def draw_metric(ax, axes_name: str, data: SweepData, metric: Callable[[RoundRow]
     percent_axis(ax, [r.percent_remaining for t in trials for r in t.rounds])
 
 
-def legend(ax, data: SweepData) -> None:
+def legend(fig, ax, data: SweepData) -> None:
+    """One legend for the figure, outside its axes on the right, with the control and band keys."""
     from matplotlib.lines import Line2D
 
     handles, labels = ax.get_legend_handles_labels()
@@ -168,7 +169,7 @@ def legend(ax, data: SweepData) -> None:
 
         handles.append(Patch(color="#444444", alpha=0.15, linewidth=0))
         labels.append(f"±1 std over {data.replicates} replicates")
-    ax.legend(handles, labels, loc="lower left", frameon=False)
+    fig.legend(handles, labels, loc="outside right upper", frameon=False)
 
 
 def lottery_ticket(data: SweepData) -> Figure | None:
@@ -177,7 +178,7 @@ def lottery_ticket(data: SweepData) -> Figure | None:
         return None
 
     def draw() -> Figure:
-        fig, (left, right) = figure(10, 4.0, ncols=2)
+        fig, (left, right) = figure(11.5, 4.0, ncols=2)
         drawn: list[Drawn] = []
         draw_metric(left, "test_acc_at_early_stop", data, lambda r: r.test_acc_at_early_stop, drawn)
         left.set_ylabel("Test accuracy at early stop")
@@ -185,7 +186,7 @@ def lottery_ticket(data: SweepData) -> Figure | None:
         draw_metric(right, "val_acc", data, lambda r: r.val_acc, drawn)
         right.set_ylabel("Validation accuracy")
         right.set_title("Validation accuracy at the end of each round")
-        legend(left, data)
+        legend(fig, left, data)
         return Figure("lottery_ticket.png", "Accuracy against sparsity",
                       "One line per trial (one IMP run, each round a point); the best trial in red; the dotted line "
                       "is its dense network" + (f"; its {data.control} control dashed beside each ticket"
@@ -202,7 +203,7 @@ def early_stop(data: SweepData) -> Figure | None:
         return None
 
     def draw() -> Figure:
-        fig, (ax,) = figure(5.5, 3.8)
+        fig, (ax,) = figure(7.0, 3.8)
         drawn: list[Drawn] = []
         draw_metric(ax, "early_stop_iter", data, lambda r: r.early_stop_iter, drawn)
         drawn = [d for d in drawn if d.kind != "dense"]
@@ -211,7 +212,7 @@ def early_stop(data: SweepData) -> Figure | None:
                 line.remove()  # a dense reference iteration says little here
         ax.set_ylabel("Early-stop iteration")
         ax.set_title("Iteration of minimum validation loss")
-        legend(ax, data)
+        legend(fig, ax, data)
         return Figure("early_stop.png", "Early-stop iteration", "The iteration of minimum validation loss in each "
                       "round (measured every train.eval_every iterations). Frankle & Carbin found winning tickets "
                       "reach it earlier than the dense network and random controls later.", to_png(fig), drawn,
