@@ -189,8 +189,11 @@ def report(path: str, out: Path | None, with_wandb: bool) -> None:
         out = Path(spec.experiment_dir) / "report"
     try:
         written = write_report(path, out)
-    except OSError as err:
-        raise UserError("--out", f"cannot write the report into {out}: {err.strerror or err}") from None
+    except OSError as err:  # a read-only or full disk, a file where a folder should be
+        name = str(err.filename or out)
+        if name.startswith((str(out), str(out.resolve()))):
+            raise UserError("--out", f"cannot write the report into {out}: {err.strerror or err}") from None
+        raise UserError("PATH", f"cannot read {name}: {err.strerror or err}") from None
     click.echo(f"report written to {written.index} ({len(written.figures)} figures)")
     if with_wandb:
         from lth_sweep.report.wandb_report import publish

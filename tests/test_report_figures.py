@@ -11,6 +11,7 @@ import pytest
 
 from lth_sweep.report import figures as figs
 from lth_sweep.report.data import RoundRow, SweepData, TrialRow
+from lth_sweep.report.page import render
 from lth_sweep.sweep.objectives import pareto_front
 from lth_sweep.sweep.schema import SweepConfig
 from lth_sweep.sweep.spec import LaunchSpec
@@ -74,3 +75,5 @@ def test_instability_is_drawn_for_the_rounds_that_measured_it(pareto_sweep: Swee
 def test_a_sweep_without_a_finished_round_draws_nothing(raw_config: dict[str, Any], tmp_path: Path) -> None:
     data = sweep_data(raw_config, tmp_path, [trial("a", 0.3, []), trial("b", 0.4, [])], "matching_density")
     assert figs.all_figures(data) == []
+    page = render(data, [], [], "rounds.csv")
+    assert page.count("No trial has finished a round yet.") == 2 and "<img" not in page

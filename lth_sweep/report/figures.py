@@ -49,14 +49,11 @@ class Figure:
 
 
 def figure(width: float, height: float, ncols: int = 1):
-    """A matplotlib Figure (not registered with pyplot) in the paper style, and its axes."""
-    import matplotlib
+    """A matplotlib Figure (not registered with pyplot, so nothing global) and its axes."""
     from matplotlib.figure import Figure as MplFigure
 
-    with matplotlib.rc_context(PAPER_STYLE):
-        fig = MplFigure(figsize=(width, height), layout="constrained")
-        axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, list(axes)
+    fig = MplFigure(figsize=(width, height), layout="constrained")
+    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
 
 
 def inches(fig) -> float:
@@ -64,15 +61,13 @@ def inches(fig) -> float:
 
 
 def to_png(fig) -> bytes:
-    import matplotlib
-
     buffer = io.BytesIO()
-    with matplotlib.rc_context(PAPER_STYLE):
-        fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png")
     return buffer.getvalue()
 
 
 def styled(draw: Callable[[], Figure | None]) -> Figure | None:
+    """Runs a figure's drawing (creation to PNG) in the paper style."""
     import matplotlib
 
     with matplotlib.rc_context(PAPER_STYLE):
@@ -123,7 +118,7 @@ def trial_styles(data: SweepData, trials: list[TrialRow]) -> dict[str, dict]:
 
 
 def draw_metric(ax, axes_name: str, data: SweepData, metric: Callable[[RoundRow], Series],
-                drawn: list[Drawn]) -> None:
+                drawn: list[Drawn], dense: bool = True) -> None:
     """One line per trial (with its replicate band), its control dashed beside it, the dense reference."""
     trials = data.with_rounds
     styles = trial_styles(data, trials)
@@ -147,7 +142,7 @@ def draw_metric(ax, axes_name: str, data: SweepData, metric: Callable[[RoundRow]
                               zorder=style["zorder"], alpha=style["alpha"], label="_nolegend_")
             drawn.append(read_line(axes_name, line, trial.trial_id, "control"))
     best = data.best[0] if data.best and data.best[0].rounds else None
-    if best is not None and best.rounds[0].round == 0:
+    if dense and best is not None and best.rounds[0].round == 0:
         dense = metric(best.rounds[0]).ticket
         line = ax.axhline(dense, color="#444444", linestyle=":", linewidth=1.0, zorder=1,
                           label=f"dense ({best.trial_id})")
@@ -205,11 +200,7 @@ def early_stop(data: SweepData) -> Figure | None:
     def draw() -> Figure:
         fig, (ax,) = figure(7.0, 3.8)
         drawn: list[Drawn] = []
-        draw_metric(ax, "early_stop_iter", data, lambda r: r.early_stop_iter, drawn)
-        drawn = [d for d in drawn if d.kind != "dense"]
-        for line in list(ax.lines):
-            if line.get_linestyle() == ":":
-                line.remove()  # a dense reference iteration says little here
+        draw_metric(ax, "early_stop_iter", data, lambda r: r.early_stop_iter, drawn, dense=False)
         ax.set_ylabel("Early-stop iteration")
         ax.set_title("Iteration of minimum validation loss")
         legend(fig, ax, data)

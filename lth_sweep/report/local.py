@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from lth_sweep.checkpoint import write_bytes, write_text
 from lth_sweep.config import dump_yaml
 from lth_sweep.report.data import SweepData, load_sweep_data
 from lth_sweep.report.figures import Figure, all_figures
-from lth_sweep.report.page import TopTrial, quoted, render
+from lth_sweep.report.page import TopTrial, render
 
 CSV_NAME = "rounds.csv"
 CSV_KEYS = ["trial_id", "config_hash", "round", "density", "val_acc", "val_acc_std", "test_acc",
@@ -45,9 +46,9 @@ def top_trials(data: SweepData, out_dir: Path) -> list[TopTrial]:
     for rank, trial in enumerate(data.best, 1):
         experiment = out_dir / "experiments" / f"{trial.trial_id}.yaml"
         write_text(experiment, dump_yaml(data.spec.trial_config(trial.params)))
-        ticket = quoted("lth-sweep", "ticket", "export", data.experiment_dir, trial.trial_id, "--out",
-                        str(out_dir / "tickets" / f"{trial.trial_id}.pt"))
-        rerun = quoted("lth-sweep", "run", str(experiment), "--out", f"runs/{data.name}-{trial.trial_id}")
+        ticket = shlex.join(["lth-sweep", "ticket", "export", data.experiment_dir, trial.trial_id, "--out",
+                             str(out_dir / "tickets" / f"{trial.trial_id}.pt")])
+        rerun = shlex.join(["lth-sweep", "run", str(experiment), "--out", f"runs/{data.name}-{trial.trial_id}"])
         rows.append(TopTrial(rank, trial, str(experiment), ticket, rerun))
     return rows
 

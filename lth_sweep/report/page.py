@@ -4,7 +4,6 @@ ticket out and rerun them, the figures, every trial. No script, no CDN, no netwo
 from __future__ import annotations
 
 import html
-import shlex
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -147,6 +146,3 @@ def render(data: SweepData, figures: list[Figure], top: list[TopTrial], csv_name
 </body></html>
 """
 
-
-def quoted(*words: str) -> str:
-    return " ".join(shlex.quote(w) for w in words)
