@@ -43,44 +43,20 @@ class Reported(NamedTuple):
     command: h.Result
     status: dict[str, Any]
     local: LocalReport  # the same report made in this process, to read the figures' series
-    while_running: h.Result  # `report` run after the sweep's first round, while it was still running
-    rounds_before: int  # rounds in the ledger when that report started
-
-
-def launch_and_report_midway(tree: dict[str, Any], base: Path, ray_tmp: Path) -> tuple[h.Sweep, h.Result, int]:
-    """Launches the sweep, runs `report` once its first round is done (while it runs on), waits for the end."""
-    sweep_file = h.write_sweep(base / "rep.yaml", tree)
-    sweep_dir, env = base / "storage" / "rep", h.cli_env(ray_tmp)
-    argv = h.cli_argv("launch", sweep_file, "--storage", base / "storage")
-    with open(base / "launch.log", "w") as log:
-        proc = subprocess.Popen(argv, cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        h.poll(lambda: h.ledger(sweep_dir) or proc.poll() is not None, timeout=300, what="the sweep's first round")
-        rounds_before = len(h.ledger(sweep_dir))
-        midway = h.run_cli("report", sweep_dir, "--out", base / "while_running", cwd=base, env=env, timeout=300)
-        returncode = proc.wait(timeout=400)
-    finally:
-        if proc.poll() is None:
-            h.kill_group(proc.pid)
-            proc.wait()
-        h.reap_group(proc.pid, wait=5)
-    launch = h.Result(argv, returncode, (base / "launch.log").read_text(), "", 0.0)
-    return h.Sweep(sweep_dir, tree, launch, base, env), midway, rounds_before
 
 
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory: pytest.TempPathFactory, data_root: Path, ray_tmp: Path) -> Reported:
     tree = h.sweep_tree(data_root, epochs=3, rounds=ROUNDS, num_samples=NUM_SAMPLES, max_concurrent=2,
                         sampler="random", set={"control": "random_mask", "replicates": 2})
-    sweep, while_running, rounds_before = launch_and_report_midway(tree, tmp_path_factory.mktemp("report"), ray_tmp)
+    sweep = h.launch_sweep(tree, tmp_path_factory.mktemp("report"), ray_tmp, name="rep", timeout=400)
     assert sweep.launch.returncode == 0, sweep.launch.explain()
     out = sweep.cwd / "out"
     env = {k: v for k, v in sweep.env.items() if k != "WANDB_API_KEY"}
     command = h.run_cli("report", sweep.dir, "--out", out, "--wandb", cwd=sweep.cwd, env=env, timeout=300)
     assert command.returncode == 0, command.explain()
     status = h.status_json(sweep.dir, sweep.cwd, sweep.env)
-    return Reported(sweep, out, command, status, write_report(str(sweep.dir), sweep.cwd / "in_process"),
-                    while_running, rounds_before)
+    return Reported(sweep, out, command, status, write_report(str(sweep.dir), sweep.cwd / "in_process"))
 
 
 def series(report: LocalReport, name: str) -> list[figs.Drawn]:
@@ -97,15 +73,6 @@ def test_the_report_writes_the_page_its_figures_and_rounds_csv(reported: Reporte
             image.verify()
     lines = (reported.out / "rounds.csv").read_text().splitlines()
     assert len(lines) == 1 + NUM_SAMPLES * ROUNDS
-
-
-def test_a_report_of_a_running_sweep_shows_what_is_done_so_far(reported: Reported) -> None:
-    result, out = reported.while_running, reported.sweep.cwd / "while_running"
-    assert result.returncode == 0, result.explain()
-    assert 1 <= reported.rounds_before < NUM_SAMPLES * ROUNDS, "the report did not run while the sweep was running"
-    rows = len((out / "rounds.csv").read_text().splitlines()) - 1
-    assert rows <= NUM_SAMPLES * ROUNDS  # trials Tune's (lagging) snapshot lists yet, with the rounds they have
-    assert sorted(read_page(out).images) == sorted(p.name for p in out.glob("*.png"))
 
 
 def test_the_lottery_ticket_plot_draws_every_trial_its_control_and_its_spread(reported: Reported) -> None:

@@ -77,3 +77,17 @@ def test_a_sweep_without_a_finished_round_draws_nothing(raw_config: dict[str, An
     assert figs.all_figures(data) == []
     page = render(data, [], [], "rounds.csv")
     assert page.count("No trial has finished a round yet.") == 2 and "<img" not in page
+
+
+def test_with_many_trials_only_the_best_gets_its_control_and_band(raw_config: dict[str, Any], tmp_path: Path) -> None:
+    def rows(k: int) -> list[dict[str, Any]]:
+        out = [record(0, 1.0, 0.9, None), record(1, 0.8, 0.9 - k / 100, None)]
+        for r in out:
+            r.update(val_acc_std=0.01, control_val_acc=r["val_acc"] - 0.1, control="random_mask")
+        return out
+
+    trials = [trial(f"t{k}", 0.2 + k / 100, rows(k)) for k in range(15)]
+    data = sweep_data(raw_config, tmp_path, trials, "matching_density")
+    drawn = [d for d in figs.lottery_ticket(data).series if d.axes == "val_acc"]
+    assert len([d for d in drawn if d.kind == "ticket"]) == 15
+    assert {d.trial_id for d in drawn if d.kind in ("control", "band")} == {"t0"}  # the best (first) trial

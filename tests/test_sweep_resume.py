@@ -36,6 +36,7 @@ class Interrupted(NamedTuple):
     env: dict[str, str]
     ledger_at_kill: list[dict[str, Any]]
     status_at_kill: h.Result
+    report_at_kill: h.Result  # `lth-sweep report` of the killed sweep, into <cwd>/report_at_kill
     resume: h.Result
 
 
@@ -72,9 +73,10 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory, data_root: Path, ray_t
     h.reap_group(proc.pid, wait=5)
     h.kill_marked()
     status_at_kill = h.run_cli("status", sweep_dir, "--json", cwd=base, env=env, timeout=120)
+    report_at_kill = h.run_cli("report", sweep_dir, "--out", base / "report_at_kill", cwd=base, env=env, timeout=180)
     resume = h.run_cli("resume", sweep_dir, cwd=base, env=env, timeout=300)
     (base / "resume.log").write_text(resume.explain())
-    return Interrupted(sweep_dir, base, env, ledger_at_kill, status_at_kill, resume)
+    return Interrupted(sweep_dir, base, env, ledger_at_kill, status_at_kill, report_at_kill, resume)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +105,22 @@ def test_status_of_the_killed_sweep_says_it_is_unfinished(interrupted: Interrupt
     trials = json.loads(result.stdout)["trials"]
     assert len(trials) <= NUM_SAMPLES
     assert len(trials) < NUM_SAMPLES or any(t["state"] != "TERMINATED" for t in trials), trials
+
+
+def test_a_report_of_the_killed_sweep_shows_it_unfinished(interrupted: Interrupted) -> None:
+    """`report` reads the storage without Ray, like `status`: it works on a sweep whose driver is dead and
+    shows the trials as the storage has them."""
+    result = interrupted.report_at_kill
+    assert result.returncode == 0, result.explain()
+    trials = json.loads(interrupted.status_at_kill.stdout)["trials"]
+    counts = Counter(t["state"] for t in trials)
+    page = (interrupted.cwd / "report_at_kill" / "index.html").read_text()
+    not_started = NUM_SAMPLES - counts["TERMINATED"] - counts["RUNNING"] - counts["ERROR"]
+    assert (f"{counts['TERMINATED']} done, {counts['RUNNING']} running, {counts['ERROR']} failed, "
+            f"{not_started} not started (of {NUM_SAMPLES})") in page
+    assert counts["TERMINATED"] < NUM_SAMPLES
+    assert (interrupted.cwd / "report_at_kill" / "lottery_ticket.png").is_file() == any(
+        t["rounds_done"] for t in trials)
 
 
 def test_resume_finishes_the_sweep(interrupted: Interrupted) -> None:

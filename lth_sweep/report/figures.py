@@ -107,12 +107,13 @@ def trial_styles(data: SweepData, trials: list[TrialRow]) -> dict[str, dict]:
     for trial in trials:
         if trial.trial_id == best_id:
             styles[trial.trial_id] = {"color": BEST_COLOR, "linewidth": 2.2, "zorder": 5, "alpha": 1.0,
-                                      "label": f"{trial.trial_id} (best)"}
+                                      "label": f"{trial.trial_id} (best)", "extras": True}
             continue
         many = len(trials) > MAX_COLORED_TRIALS + 1
         color = "#9a9a9a" if many else TRIAL_COLORS[index % len(TRIAL_COLORS)]
         styles[trial.trial_id] = {"color": color, "linewidth": 1.0, "zorder": 2, "alpha": 0.55 if many else 0.85,
-                                  "label": "_nolegend_" if many else trial.trial_id}
+                                  "label": "_nolegend_" if many else trial.trial_id,
+                                  "extras": not many}  # bands and controls: for every trial, or the best only
         index += 1
     return styles
 
@@ -130,6 +131,8 @@ def draw_metric(ax, axes_name: str, data: SweepData, metric: Callable[[RoundRow]
                           linewidth=style["linewidth"], zorder=style["zorder"], alpha=style["alpha"],
                           label=style["label"])
         drawn.append(read_line(axes_name, line, trial.trial_id, "ticket"))
+        if not style["extras"]:
+            continue
         if any(v.ticket_std is not None for v in values):
             band = ax.fill_between(x, [v.ticket - (v.ticket_std or 0) for v in values],
                                    [v.ticket + (v.ticket_std or 0) for v in values], color=style["color"],
@@ -143,11 +146,11 @@ def draw_metric(ax, axes_name: str, data: SweepData, metric: Callable[[RoundRow]
             drawn.append(read_line(axes_name, line, trial.trial_id, "control"))
     best = data.best[0] if data.best and data.best[0].rounds else None
     if dense and best is not None and best.rounds[0].round == 0:
-        dense = metric(best.rounds[0]).ticket
-        line = ax.axhline(dense, color="#444444", linestyle=":", linewidth=1.0, zorder=1,
+        dense_value = metric(best.rounds[0]).ticket
+        line = ax.axhline(dense_value, color="#444444", linestyle=":", linewidth=1.0, zorder=1,
                           label=f"dense ({best.trial_id})")
         drawn.append(Drawn(axes_name, str(line.get_label()), best.trial_id, "dense",
-                           [], [float(dense)], ":"))
+                           [], [float(dense_value)], ":"))
     percent_axis(ax, [r.percent_remaining for t in trials for r in t.rounds])
 
 
