@@ -102,6 +102,10 @@ def write_text(path: str | Path, text: str) -> None:
     atomic_write(Path(path), lambda handle: handle.write(text.encode()))
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(Path(path), lambda handle: handle.write(data))
+
+
 def save_torch(path: str | Path, obj: Any) -> None:
     atomic_write(Path(path), lambda handle: torch.save(obj, handle))
 

@@ -334,9 +334,11 @@ def status(path: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("path")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for report.md, density_vs_accuracy.png and rounds.csv (default PATH/report).")
-def report(path: str, out: Path | None) -> None:
-    """Write a local report of a sweep: IMP curves of every trial, best trials, Pareto front."""
+              help="Folder for index.html, its figures and rounds.csv (default PATH/report).")
+@click.option("--wandb", "with_wandb", is_flag=True,
+              help="Also build a W&B report of the sweep's group (published when W&B credentials exist).")
+def report(path: str, out: Path | None, with_wandb: bool) -> None:
+    """Write a sweep's report (finished or running): a static index.html with its figures; reads storage only."""
     from lth_sweep import storage
     from lth_sweep.report.local import write_report
     from lth_sweep.sweep.spec import load_spec
@@ -346,7 +348,18 @@ def report(path: str, out: Path | None) -> None:
         if storage.is_uri(spec.experiment_dir):
             raise UserError("--out", "give a local folder for the report of a sweep stored at a URI")
         out = Path(spec.experiment_dir) / "report"
-    click.echo(f"report written to {write_report(path, out)}")
+    try:
+        written = write_report(path, out)
+    except OSError as err:  # a read-only or full disk, a file where a folder should be
+        name = str(err.filename or out)
+        if name.startswith((str(out), str(out.resolve()))):
+            raise UserError("--out", f"cannot write the report into {out}: {err.strerror or err}") from None
+        raise UserError("PATH", f"cannot read {name}: {err.strerror or err}") from None
+    click.echo(f"report written to {written.index} ({len(written.figures)} figures)")
+    if with_wandb:
+        from lth_sweep.report.wandb_report import publish
+
+        click.echo(publish(written.data, out))
 
 
 @cli.group()

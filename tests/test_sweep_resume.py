@@ -36,6 +36,7 @@ class Interrupted(NamedTuple):
     env: dict[str, str]
     ledger_at_kill: list[dict[str, Any]]
     status_at_kill: h.Result
+    report_at_kill: h.Result  # `lth-sweep report` of the killed sweep, into <cwd>/report_at_kill
     resume: h.Result
 
 
@@ -72,9 +73,10 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory, data_root: Path, ray_t
     h.reap_group(proc.pid, wait=5)
     h.kill_marked()
     status_at_kill = h.run_cli("status", sweep_dir, "--json", cwd=base, env=env, timeout=120)
+    report_at_kill = h.run_cli("report", sweep_dir, "--out", base / "report_at_kill", cwd=base, env=env, timeout=180)
     resume = h.run_cli("resume", sweep_dir, cwd=base, env=env, timeout=300)
     (base / "resume.log").write_text(resume.explain())
-    return Interrupted(sweep_dir, base, env, ledger_at_kill, status_at_kill, resume)
+    return Interrupted(sweep_dir, base, env, ledger_at_kill, status_at_kill, report_at_kill, resume)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +105,22 @@ def test_status_of_the_killed_sweep_says_it_is_unfinished(interrupted: Interrupt
     trials = json.loads(result.stdout)["trials"]
     assert len(trials) <= NUM_SAMPLES
     assert len(trials) < NUM_SAMPLES or any(t["state"] != "TERMINATED" for t in trials), trials
+
+
+def test_a_report_of_the_killed_sweep_shows_it_unfinished(interrupted: Interrupted) -> None:
+    """`report` reads the storage without Ray, like `status`: it works on a sweep whose driver is dead and
+    shows the trials as the storage has them."""
+    result = interrupted.report_at_kill
+    assert result.returncode == 0, result.explain()
+    trials = json.loads(interrupted.status_at_kill.stdout)["trials"]
+    counts = Counter(t["state"] for t in trials)
+    page = (interrupted.cwd / "report_at_kill" / "index.html").read_text()
+    not_started = NUM_SAMPLES - counts["TERMINATED"] - counts["RUNNING"] - counts["ERROR"]
+    assert (f"{counts['TERMINATED']} done, {counts['RUNNING']} running, {counts['ERROR']} failed, "
+            f"{not_started} not started (of {NUM_SAMPLES})") in page
+    assert counts["TERMINATED"] < NUM_SAMPLES
+    assert (interrupted.cwd / "report_at_kill" / "lottery_ticket.png").is_file() == any(
+        t["rounds_done"] for t in trials)
 
 
 def test_resume_finishes_the_sweep(interrupted: Interrupted) -> None:
@@ -176,3 +194,20 @@ def test_resumed_rounds_equal_the_uninterrupted_ones(interrupted: Interrupted, s
         resumed = h.engine_rounds(interrupted.dir, trial["config_hash"])
         reference = h.engine_rounds(uninterrupted.dir, trial["config_hash"])
         assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in reference], trial
+
+
+def test_the_optuna_storage_holds_one_trial_per_tune_trial(interrupted: Interrupted, status: dict[str, Any]) -> None:
+    """The study copied for optuna-dashboard (a journal file in the sweep folder) after the SIGKILL and the
+    resume: one study, one trial per Tune trial, each with its Tune trial's config and final objective."""
+    import optuna
+
+    from lth_sweep.sweep.optuna_store import JOURNAL_FILE, open_storage
+
+    storage = open_storage(str(interrupted.dir / JOURNAL_FILE))
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["imp"]
+    trials = optuna.load_study(study_name="imp", storage=storage).get_trials()
+    assert [t.number for t in trials] == list(range(NUM_SAMPLES))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    stored = sorted((sorted(t.params.items()), t.value) for t in trials)
+    expected = sorted((sorted(t["params"].items()), t["objective"]) for t in status["trials"])
+    assert stored == expected

@@ -13,6 +13,7 @@ from typing import Any
 
 from lth_sweep import storage
 from lth_sweep.errors import UserError
+from lth_sweep.sweep.optuna_store import StudyStore, check_new_study, store_location
 from lth_sweep.sweep.schema import ResourcesConfig, SweepConfig, objective_metrics
 from lth_sweep.sweep.spec import SPEC_FILE, LaunchSpec, save_spec
 from lth_sweep.sweep.tracking import resolve_mode
@@ -61,12 +62,16 @@ def build_tuner(spec: LaunchSpec, on_cluster: bool, callbacks: list[Any] | None 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from lth_sweep.sweep.optuna_search import StoredOptunaSearch
 
     sweep = spec.sweep
     metrics, modes = objective_metrics(sweep.objective)
     single = len(metrics) == 1
-    searcher = OptunaSearch(sampler=make_sampler(sweep), **({} if single else {"metric": metrics, "mode": modes}))
+    location = store_location(spec)
+    store = None if location is None else StudyStore(location, spec.name, modes)
+    searcher = StoredOptunaSearch(store, sampler=make_sampler(sweep), study_name=spec.name,
+                                  **({} if single else {"metric": metrics, "mode": modes}))
     searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrent_trials(sweep, on_cluster))
     max_rounds = spec.rounds()
     scheduler = FIFOScheduler()
@@ -180,8 +185,10 @@ def prepare_launch(sweep: SweepConfig, experiment: dict[str, Any], storage_locat
     if storage.exists(storage.join(experiment_dir, SPEC_FILE)):
         raise UserError("--name", f"a sweep named '{sweep.name}' already exists at {experiment_dir}; "
                                   f"continue it with: lth-sweep resume {experiment_dir} (or pick another --name)")
-    return LaunchSpec(sweep=sweep, experiment=experiment, experiment_dir=experiment_dir,
+    spec = LaunchSpec(sweep=sweep, experiment=experiment, experiment_dir=experiment_dir,
                       wandb_mode=resolve_mode(sweep.wandb.mode))
+    check_new_study(spec)
+    return spec
 
 
 DRIVER_LOG = "driver.log"

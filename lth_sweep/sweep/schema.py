@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,6 +106,18 @@ class WandbConfig(Section):
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
 
 
+class OptunaConfig(Section):
+    storage: str | None = Field(default=None, description="a database URL (sqlite:///, postgresql://, mysql://) "
+                                "a whole cluster can reach; None = a journal file in the sweep folder")
+
+    @model_validator(mode="after")
+    def _url(self) -> OptunaConfig:
+        if self.storage is not None and not re.fullmatch(r"[a-z][a-z0-9+]*://.+", self.storage):
+            raise UserError("optuna.storage", f"'{self.storage}' is not a database URL; allowed: "
+                                              "sqlite:///PATH, postgresql://..., mysql://... or null")
+        return self
+
+
 class SweepConfig(Section):
     name: str | None = None
     experiment: str | dict[str, Any] = "experiments/mnist1d_mlp.yaml"
@@ -114,6 +127,7 @@ class SweepConfig(Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    optuna: OptunaConfig = Field(default_factory=OptunaConfig)
     storage: str = "runs/sweeps"
     max_failures: int = Field(default=2, ge=0)
 
@@ -158,7 +172,7 @@ def resolve_experiment(sweep: SweepConfig, base_dir: Path, overrides: dict[str, 
     return raw
 
 
-SWEEP_KEYS = ("search.", "objective.", "scheduler.", "resources.", "wandb.", "storage", "name",
+SWEEP_KEYS = ("search.", "objective.", "scheduler.", "resources.", "wandb.", "optuna.", "storage", "name",
               "max_failures", "experiment")
 
 

@@ -1,0 +1,153 @@
+"""A sweep read from its storage into typed rows for the report: its trials, their rounds, the best ones.
+Reads files only; works on a finished sweep and on one that is still running (or whose driver died)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from lth_sweep import storage
+from lth_sweep.sweep.schema import Distribution
+from lth_sweep.sweep.spec import LaunchSpec, load_spec
+from lth_sweep.sweep.status import sweep_status
+
+
+@dataclass(frozen=True)
+class Series:
+    """One metric of a round for the ticket, its control (when the sweep has one) and their spreads."""
+
+    ticket: float
+    ticket_std: float | None = None
+    control: float | None = None
+    control_std: float | None = None
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    """One finished IMP round of one trial."""
+
+    round: int
+    density: float  # fraction of prunable weights left, 0-1
+    val_acc: Series
+    test_acc_at_early_stop: Series
+    early_stop_iter: Series
+    test_acc: float
+    seconds: float
+    instability: float | None = None
+
+    @property
+    def percent_remaining(self) -> float:
+        return 100 * self.density
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> RoundRow:
+        def series(key: str) -> Series:
+            return Series(record[key], record.get(f"{key}_std"), record.get(f"control_{key}"),
+                          record.get(f"control_{key}_std"))
+
+        instability = record.get("instability")
+        return cls(round=record["round"], density=record["density"], val_acc=series("val_acc"),
+                   test_acc_at_early_stop=series("test_acc_at_early_stop"), early_stop_iter=series("early_stop_iter"),
+                   test_acc=record["test_acc"], seconds=record.get("seconds", 0.0),
+                   instability=instability if isinstance(instability, int | float) else None)
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One Tune trial: what Optuna chose, where it stands, and its rounds (from the by-config engine state)."""
+
+    trial_id: str
+    state: str
+    params: dict[str, Any]
+    config_hash: str | None
+    objective: float | None
+    rounds: list[RoundRow] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)  # the raw round records, for rounds.csv
+
+    @property
+    def density_reached(self) -> float | None:
+        return self.rounds[-1].density if self.rounds else None
+
+
+@dataclass(frozen=True)
+class SweepData:
+    """Everything the report shows about one sweep."""
+
+    spec: LaunchSpec
+    name: str
+    experiment_dir: str
+    objective: str
+    metrics: list[str]
+    modes: list[str]
+    num_samples: int
+    counts: dict[str, int]
+    trials: list[TrialRow]
+    best: list[TrialRow]  # single objective: as `status` ranks them; pareto: the trials on the front
+    pareto: list[dict[str, Any]]  # the Pareto front over every round, as `status` has it
+
+    @property
+    def space(self) -> dict[str, Distribution]:
+        return self.spec.sweep.search.space
+
+    @property
+    def single_objective(self) -> bool:
+        return len(self.metrics) == 1
+
+    @property
+    def control(self) -> str | None:
+        control = self.spec.trial_config({}).control
+        return None if control == "none" else control
+
+    @property
+    def replicates(self) -> int:
+        return self.spec.trial_config({}).replicates
+
+    @property
+    def with_rounds(self) -> list[TrialRow]:
+        return [t for t in self.trials if t.rounds]
+
+    @property
+    def finished(self) -> list[TrialRow]:
+        """Trials Optuna would count: terminated, with a finite objective."""
+        return [t for t in self.trials if t.state == "TERMINATED" and is_number(t.objective)]
+
+    def compute_seconds(self) -> float:
+        """Wall seconds of every finished round of every trial (tickets and their controls)."""
+        return sum(r.seconds for t in self.trials for r in t.rounds)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_records(experiment_dir: str, config_hash: str | None) -> list[dict[str, Any]]:
+    if config_hash is None:
+        return []
+    path = storage.join(experiment_dir, "by_config", config_hash, "engine", "rounds.jsonl")
+    if not storage.exists(path):
+        return []
+    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
+
+
+def load_sweep_data(path: str) -> SweepData:
+    """The sweep at `path` (a folder or URI), as `lth-sweep status` sees it, with every trial's rounds."""
+    spec = load_spec(path)
+    status = sweep_status(path)
+    trials = []
+    for row in status["trials"]:
+        records = read_records(status["experiment_dir"], row["config_hash"])
+        trials.append(TrialRow(trial_id=row["trial_id"], state=row["state"], params=row["params"],
+                               config_hash=row["config_hash"], objective=row["objective"],
+                               rounds=[RoundRow.from_record(r) for r in records], records=records))
+    by_id = {t.trial_id: t for t in trials}
+    if "best" in status:
+        best = [by_id[row["trial_id"]] for row in status["best"]]
+    else:
+        on_front = list(dict.fromkeys(p["trial_id"] for p in status["pareto"]))
+        best = [by_id[trial_id] for trial_id in on_front if trial_id in by_id]
+    return SweepData(spec=spec, name=status["name"], experiment_dir=status["experiment_dir"],
+                     objective=status["objective"], metrics=status["metric"], modes=status["mode"],
+                     num_samples=status["num_samples"], counts=status["counts"], trials=trials, best=best,
+                     pareto=status["pareto"])

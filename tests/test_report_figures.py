@@ -1,0 +1,93 @@
+"""The report's figures on sweeps the end-to-end test does not launch: a multi-objective (pareto) sweep whose
+rounds measured instability, and one with no finished round. The rows are written here as `status` and the
+engine would give them; the figures are drawn by matplotlib for real."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lth_sweep.report import figures as figs
+from lth_sweep.report.data import RoundRow, SweepData, TrialRow
+from lth_sweep.report.page import render
+from lth_sweep.sweep.objectives import pareto_front
+from lth_sweep.sweep.schema import SweepConfig
+from lth_sweep.sweep.spec import LaunchSpec
+
+
+def record(round_index: int, density: float, val_acc: float, instability: float | None) -> dict[str, Any]:
+    out = {"round": round_index, "density": density, "val_acc": val_acc, "test_acc": val_acc - 0.01,
+           "test_acc_at_early_stop": val_acc - 0.02, "early_stop_iter": 100.0 - 10 * round_index, "seconds": 2.0}
+    if instability is not None:
+        out["instability"] = instability
+    return out
+
+
+def sweep_data(raw: dict[str, Any], tmp_path: Path, trials: list[TrialRow], objective: str) -> SweepData:
+    sweep = SweepConfig.model_validate({"name": "mo", "objective": {"name": objective}, "search": {
+        "space": {"prune.rate": {"uniform": [0.2, 0.5]}}, "sampler": "nsga2" if objective == "pareto" else "tpe"}})
+    spec = LaunchSpec(sweep=sweep, experiment=raw, experiment_dir=str(tmp_path), wandb_mode="disabled")
+    points = [{"trial_id": t.trial_id, "round": r.round, "density": r.density, "val_acc": r.val_acc.ticket,
+               "test_acc": r.test_acc} for t in trials for r in t.rounds]
+    front = pareto_front(points)
+    multi = objective == "pareto"
+    best = [t for t in trials if any(p["trial_id"] == t.trial_id for p in front)] if multi else trials[:1]
+    return SweepData(spec=spec, name="mo", experiment_dir=str(tmp_path), objective=objective,
+                     metrics=["density", "val_acc"] if multi else ["objective"],
+                     modes=["min", "max"] if multi else ["min"], num_samples=len(trials),
+                     counts={"TERMINATED": len(trials)}, trials=trials, best=best, pareto=front)
+
+
+def trial(trial_id: str, rate: float, records: list[dict[str, Any]]) -> TrialRow:
+    return TrialRow(trial_id=trial_id, state="TERMINATED", params={"prune.rate": rate}, config_hash=trial_id,
+                    objective=records[-1]["val_acc"] if records else None,
+                    rounds=[RoundRow.from_record(r) for r in records], records=records)
+
+
+@pytest.fixture
+def pareto_sweep(raw_config: dict[str, Any], tmp_path: Path) -> SweepData:
+    trials = [
+        trial("a", 0.2, [record(0, 1.0, 0.90, 0.01), record(1, 0.8, 0.91, 0.02), record(2, 0.64, 0.89, 0.05)]),
+        trial("b", 0.5, [record(0, 1.0, 0.88, None), record(1, 0.5, 0.87, 0.10), record(2, 0.25, 0.80, 0.30)]),
+    ]
+    return sweep_data(raw_config, tmp_path, trials, "pareto")
+
+
+def test_a_pareto_sweep_gets_its_front_and_no_single_objective_figures(pareto_sweep: SweepData) -> None:
+    names = [f.name for f in figs.all_figures(pareto_sweep)]
+    assert names == ["lottery_ticket.png", "early_stop.png", "pareto.png", "instability.png"]
+    drawn = {d.kind: d for d in next(f for f in figs.all_figures(pareto_sweep) if f.name == "pareto.png").series}
+    assert drawn["front"].x == pytest.approx([100 * p["density"] for p in pareto_sweep.pareto])
+    assert drawn["front"].y == pytest.approx([p["val_acc"] for p in pareto_sweep.pareto])
+    assert len(drawn["points"].x) == 6
+
+
+def test_instability_is_drawn_for_the_rounds_that_measured_it(pareto_sweep: SweepData) -> None:
+    instability = next(f for f in figs.all_figures(pareto_sweep) if f.name == "instability.png")
+    lines = {d.trial_id: d for d in instability.series}
+    assert lines["a"].x == pytest.approx([100, 80, 64]) and lines["a"].y == pytest.approx([0.01, 0.02, 0.05])
+    assert lines["b"].x == pytest.approx([50, 25]) and lines["b"].y == pytest.approx([0.10, 0.30])
+    assert instability.png.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_sweep_without_a_finished_round_draws_nothing(raw_config: dict[str, Any], tmp_path: Path) -> None:
+    data = sweep_data(raw_config, tmp_path, [trial("a", 0.3, []), trial("b", 0.4, [])], "matching_density")
+    assert figs.all_figures(data) == []
+    page = render(data, [], [], "rounds.csv")
+    assert page.count("No trial has finished a round yet.") == 2 and "<img" not in page
+
+
+def test_with_many_trials_only_the_best_gets_its_control_and_band(raw_config: dict[str, Any], tmp_path: Path) -> None:
+    def rows(k: int) -> list[dict[str, Any]]:
+        out = [record(0, 1.0, 0.9, None), record(1, 0.8, 0.9 - k / 100, None)]
+        for r in out:
+            r.update(val_acc_std=0.01, control_val_acc=r["val_acc"] - 0.1, control="random_mask")
+        return out
+
+    trials = [trial(f"t{k}", 0.2 + k / 100, rows(k)) for k in range(15)]
+    data = sweep_data(raw_config, tmp_path, trials, "matching_density")
+    drawn = [d for d in figs.lottery_ticket(data).series if d.axes == "val_acc"]
+    assert len([d for d in drawn if d.kind == "ticket"]) == 15
+    assert {d.trial_id for d in drawn if d.kind in ("control", "band")} == {"t0"}  # the best (first) trial
