@@ -301,13 +301,13 @@ def resume(path: str, address: str | None, verbose: bool) -> None:
     from lth_sweep.sweep.status import sweep_status
 
     spec = with_env_wandb_mode(load_spec(path))
-    status = sweep_status(spec.experiment_dir)
-    if is_finished(status):
-        echo(f"sweep {spec.name} at {spec.experiment_dir} is finished ({len(status['trials'])} trials); "
-             f"nothing to resume; see: lth-sweep status {spec.experiment_dir}")
-        return
     check_resources(spec.sweep.resources, address)
-    with driver_lock(spec.experiment_dir) as dead_driver:
+    with driver_lock(spec.experiment_dir) as dead_driver:  # first: a sweep another driver runs is not finished
+        status = sweep_status(spec.experiment_dir)
+        if is_finished(status):
+            echo(f"sweep {spec.name} at {spec.experiment_dir} is finished ({len(status['trials'])} trials); "
+                 f"nothing to resume; see: lth-sweep status {spec.experiment_dir}")
+            return
         echo(f"# resuming sweep {spec.name} at {spec.experiment_dir}")
         if dead_driver:
             echo(f"# taking the sweep over from pid {dead_driver.get('pid')} on host {dead_driver.get('host')}, "

@@ -54,7 +54,7 @@ def test_command_listing_shows_each_first_sentence_whole(capsys: pytest.CaptureF
     listing = " ".join(result.out.split("Commands:")[1].split())
     assert "..." not in listing, result.out
     for name, command in cli.commands.items():
-        first_sentence = " ".join((command.help or "").split(". ")[0].split())
+        first_sentence = " ".join((command.help or "").split()).split(". ")[0]
         assert f"{name} {first_sentence}" in listing, f"{name}: {first_sentence!r} not whole in\n{result.out}"
 
 

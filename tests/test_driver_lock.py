@@ -41,7 +41,7 @@ def second_ray_tmp() -> Iterator[Path]:
 @pytest.mark.timeout(500)
 def test_second_driver_is_refused_and_a_killed_one_is_taken_over(tmp_path: Path, data_root: Path, ray_tmp: Path,
                                                                  second_ray_tmp: Path) -> None:
-    tree = h.sweep_tree(data_root, epochs=20, rounds=ROUNDS, num_samples=NUM_SAMPLES, max_concurrent=1)
+    tree = h.sweep_tree(data_root, epochs=40, rounds=ROUNDS, num_samples=NUM_SAMPLES, max_concurrent=1)
     sweep_file = h.write_sweep(tmp_path / "imp.yaml", tree)
     sweep_dir = tmp_path / "storage" / "imp"
     env = h.cli_env(ray_tmp)
