@@ -107,8 +107,10 @@ def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
     failed = "ERROR" in states
     unfinished = len(states) < status["num_samples"] or any(state != "TERMINATED" for state in states)
     if spec.wandb_mode == "offline":
-        click.echo(f"W&B runs were written offline under {spec.experiment_dir}/by_config/*/wandb; "
-                   "upload them with: wandb sync DIR")
+        from lth_sweep.sweep.fetch import wandb_sync_command
+
+        command = wandb_sync_command(spec.experiment_dir, spec.name)
+        click.echo(f"W&B runs were written offline; upload them with: {command}")
     if interrupted or unfinished:
         # Tune catches Ctrl+C itself, saves the experiment and returns: unfinished trials and no
         # errors mean the sweep was stopped, not that it failed.
@@ -118,6 +120,10 @@ def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
     click.echo(f"everything is under {spec.experiment_dir}")
 
 
+SHARED_STORAGE_HELP = ("The --storage folder is mounted at the same path on every node (NFS): allowed on a "
+                       "multi-node cluster (sweep key storage_shared: true).")
+
+
 @cli.command()
 @click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -125,14 +131,17 @@ def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
 @click.option("--name", default=None, help="Sweep name (default: the sweep file's name).")
 @click.option("--storage", default=None, help="Folder or URI (s3://, gs://) for the sweep's results.")
 @click.option("--address", default=None, help="Ray cluster address (default: start Ray on this machine).")
+@click.option("--shared-storage", is_flag=True, help=SHARED_STORAGE_HELP)
 def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, storage: str | None,
-           address: str | None) -> None:
+           address: str | None, shared_storage: bool) -> None:
     """Run a sweep: Ray Tune trials, each a full IMP schedule, searched by Optuna, logged to W&B."""
     from lth_sweep.config import parse_overrides
     from lth_sweep.sweep.launch import prepare_launch, run_sweep
     from lth_sweep.sweep.schema import load_sweep
 
     sweep, experiment = load_sweep(sweep_file, parse_overrides(overrides))
+    if shared_storage:
+        sweep.storage_shared = True
     spec = prepare_launch(sweep, experiment, storage, name)
     click.echo(f"# sweep {sweep.name}: {sweep.search.num_samples} trials, objective {sweep.objective.name}, "
                f"W&B {spec.wandb_mode} -> {spec.experiment_dir}")
@@ -143,12 +152,15 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
 @cli.command()
 @click.argument("path")
 @click.option("--address", default=None, help="Ray cluster address (default: start Ray on this machine).")
-def resume(path: str, address: str | None) -> None:
+@click.option("--shared-storage", is_flag=True, help=SHARED_STORAGE_HELP)
+def resume(path: str, address: str | None, shared_storage: bool) -> None:
     """Continue an interrupted sweep; finished rounds are never recomputed."""
     from lth_sweep.sweep.launch import run_sweep
     from lth_sweep.sweep.spec import load_spec
 
     spec = load_spec(path)
+    if shared_storage:
+        spec = spec.model_copy(update={"sweep": spec.sweep.model_copy(update={"storage_shared": True})})
     click.echo(f"# resuming sweep {spec.name} at {spec.experiment_dir}")
     _, interrupted = run_sweep(spec, address, resume=True)
     finish_sweep(spec, interrupted)
@@ -186,6 +198,25 @@ def report(path: str, out: Path | None) -> None:
             raise UserError("--out", "give a local folder for the report of a sweep stored at a URI")
         out = Path(spec.experiment_dir) / "report"
     click.echo(f"report written to {write_report(path, out)}")
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Local folder.")
+@click.option("--wandb", "wandb_only", is_flag=True, help="Only the offline W&B runs (by_config/*/wandb).")
+def fetch(path: str, out: Path, wandb_only: bool) -> None:
+    """Copy a sweep from its storage (s3://, gs://, a folder) to a local folder, e.g. to `wandb sync` it."""
+    import shlex
+
+    from lth_sweep.sweep.fetch import WANDB_RUNS_GLOB, fetch_sweep
+    from lth_sweep.sweep.spec import load_spec
+
+    spec = load_spec(path)
+    runs = fetch_sweep(spec.experiment_dir, out, wandb_only)
+    click.echo(f"copied {'the W&B runs' if wandb_only else 'the sweep'} of {spec.name} to {out} "
+               f"({len(runs)} offline W&B runs)")
+    if runs:
+        click.echo(f"upload them with: wandb sync {shlex.quote(str(out))}/{WANDB_RUNS_GLOB}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -71,9 +71,7 @@ def build_tuner(spec: LaunchSpec, on_cluster: bool):
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_rounds,
                                   grace_period=min(sweep.scheduler.grace_rounds, max_rounds),
                                   reduction_factor=sweep.scheduler.reduction_factor)
-    base, sep, query = spec.experiment_dir.partition("?")
-    parent, name = base.rsplit("/", 1)
-    parent += sep + query
+    parent, name = storage.split_last(spec.experiment_dir)
     return tune.Tuner(
         make_trainable(spec),
         param_space={key: dist.to_tune() for key, dist in sweep.search.space.items()},
@@ -106,6 +104,23 @@ def init_ray(address: str | None, spec: LaunchSpec) -> None:
     ray.init(address=address, **kwargs)
 
 
+def check_storage_reaches_every_node(spec: LaunchSpec, alive_nodes: int) -> None:
+    """A sweep on more than one node needs storage that every node reads and writes: its trials run
+    anywhere, and a restarted trial must find its rounds on whichever node it lands."""
+    if alive_nodes <= 1 or storage.is_uri(spec.experiment_dir) or spec.sweep.storage_shared:
+        return
+    raise UserError("--storage", f"{spec.experiment_dir} is a folder on this machine, and the Ray cluster has "
+                                 f"{alive_nodes} nodes whose trials cannot read or write it; allowed on a cluster: "
+                                 "s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, or a folder mounted at the same path on "
+                                 "every node (NFS) declared with --shared-storage (sweep key storage_shared: true)")
+
+
+def alive_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node["Alive"])
+
+
 # ------------------------------------------------------------------------------------ commands
 
 
@@ -127,17 +142,22 @@ def prepare_launch(sweep: SweepConfig, experiment: dict[str, Any], storage_locat
 
 def run_sweep(spec: LaunchSpec, address: str | None, resume: bool) -> tuple[Any, bool]:
     """Launches (or resumes) the sweep; returns (ResultGrid or None, interrupted)."""
+    import ray
     from ray import tune
 
-    if not resume:
-        if not storage.is_uri(spec.experiment_dir):
-            Path(spec.experiment_dir).mkdir(parents=True, exist_ok=True)
-        save_spec(spec)
     init_ray(address, spec)
+    try:
+        check_storage_reaches_every_node(spec, alive_nodes())
+    except UserError:
+        ray.shutdown()
+        raise
     if resume:
         tuner = tune.Tuner.restore(spec.experiment_dir, make_trainable(spec),
                                    resume_unfinished=True, resume_errored=True)
     else:
+        if not storage.is_uri(spec.experiment_dir):
+            Path(spec.experiment_dir).mkdir(parents=True, exist_ok=True)
+        save_spec(spec)
         tuner = build_tuner(spec, on_cluster=address is not None)
     try:
         results = tuner.fit()

@@ -111,6 +111,8 @@ class SweepConfig(Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     storage: str = "runs/sweeps"
+    storage_shared: bool = Field(default=False, description="a local `storage` folder is mounted at the same "
+                                                            "path on every node (NFS): allowed on a cluster")
     max_failures: int = Field(default=2, ge=0)
 
     @model_validator(mode="after")

@@ -25,6 +25,7 @@ from lth_sweep.sweep.schema import WandbConfig
 
 log = logging.getLogger(__name__)
 
+LOGGED_ROUNDS_FILE = "logged_rounds.json"  # in the trial's W&B folder
 SUMMARY_MODES = {"val_acc": "max", "test_acc": "max", "test_acc_at_early_stop": "max", "density": "min",
                  "val_loss_min": "min"}
 
@@ -62,7 +63,7 @@ class Tracker:
         self.run = None
         self.mode = resolve_mode(settings.mode)
         self.iterations_per_round = iterations_per_round
-        self.logged_rounds_path = directory / "logged_rounds.json"
+        self.logged_rounds_path = directory / LOGGED_ROUNDS_FILE
         self.logged_round = -1  # flushed to W&B's files by a finished run
         self.pending_round = -1  # handed to W&B in this process
         if self.mode == "disabled":
