@@ -53,7 +53,7 @@ def interrupted(s3: S3Server, tmp_path_factory: pytest.TempPathFactory, data_roo
     base = tmp_path_factory.mktemp("s3sweep")
     mirrors = base / "tmp"  # the trials' TMPDIR: their local mirrors go to mirrors/lth_sweep/<name>/<hash>
     mirrors.mkdir()
-    tree = h.sweep_tree(data_root, epochs=6, rounds=ROUNDS, num_samples=NUM_SAMPLES, max_concurrent=2)
+    tree = h.sweep_tree(data_root, epochs=3, rounds=ROUNDS, num_samples=NUM_SAMPLES, max_concurrent=2)
     sweep_file = h.write_sweep(base / f"{NAME}.yaml", tree)
     env = h.cli_env(ray_tmp, TMPDIR=str(mirrors), **CREDENTIALS)
     uri = s3.uri(f"{PREFIX}/{NAME}")
