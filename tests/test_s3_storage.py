@@ -16,7 +16,7 @@ from s3_server import CREDENTIALS, S3Server
 
 from lth_sweep import storage
 from lth_sweep.errors import UserError
-from lth_sweep.sweep.fetch import wandb_sync_command
+from lth_sweep.sweep.fetch import fetch_sweep, wandb_sync_command
 from lth_sweep.sweep.launch import check_storage_reaches_every_node, prepare_launch
 from lth_sweep.sweep.schema import load_sweep
 from lth_sweep.sweep.spec import LaunchSpec
@@ -102,6 +102,21 @@ def test_a_trial_on_a_fresh_node_restores_its_rounds_from_the_bucket(s3_env: S3S
     assert (root / "engine" / "state.pt").read_text() == "state"
     assert len((root / "engine" / "rounds.jsonl").read_text().splitlines()) == 2
     assert json.loads((root / "wandb" / LOGGED_ROUNDS_FILE).read_text()) == {"round": 1}
+
+
+def test_fetch_wandb_copies_only_the_wandb_folders_there_are(s3_env: S3Server, tmp_path: Path) -> None:
+    sweep = s3_env.uri("unit/fetch/imp")
+    storage.write_text(storage.join(sweep, "sweep.json"), "{}")
+    storage.write_text(storage.join(sweep, "by_config", "a", "engine", "state.pt"), "state")
+    storage.write_text(storage.join(sweep, "by_config", "a", "wandb", "wandb", "offline-run-1-x", "run-x.wandb"), "w")
+    storage.write_text(storage.join(sweep, "by_config", "b", "engine", "state.pt"), "state")  # W&B never ran
+    runs = fetch_sweep(sweep, tmp_path / "out", wandb_only=True)
+    assert runs == [tmp_path / "out" / "by_config" / "a" / "wandb" / "wandb" / "offline-run-1-x"]
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()) == \
+        ["by_config/a/wandb/wandb/offline-run-1-x/run-x.wandb"]
+    assert fetch_sweep(sweep, tmp_path / "all", wandb_only=False) == \
+        [tmp_path / "all" / "by_config" / "a" / "wandb" / "wandb" / "offline-run-1-x"]
+    assert (tmp_path / "all" / "by_config" / "b" / "engine" / "state.pt").read_text() == "state"
 
 
 # ------------------------------------------------------------------------------------ gs:// (no server)
