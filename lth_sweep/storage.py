@@ -109,17 +109,16 @@ class Uploader:
     object store has no atomic rename, so a reader that trusts them (the engine's `rounds.jsonl`) never
     sees them ahead of the files they describe."""
 
-    def __init__(self, source: Path, destination: str, last: tuple[str, ...] = (),
-                 skip: tuple[str, ...] = ()) -> None:
-        self.source, self.destination, self.last, self.skip = source, destination, last, skip
+    def __init__(self, source: Path, destination: str, last: tuple[str, ...] = ()) -> None:
+        self.source, self.destination, self.last = source, destination, last
         self.sent: dict[str, tuple[int, int]] = {}
 
     def upload(self) -> list[str]:
         """Sends what changed; returns the relative paths sent."""
         if not self.source.is_dir():
             return []
-        names = [n for n in local_files(self.source) if not any(part in self.skip for part in Path(n).parts)
-                 and not (Path(n).name.startswith(".") and n.endswith(".tmp"))]  # an atomic write's temp file
+        names = [n for n in local_files(self.source)  # not an atomic write's temporary file
+                 if not (Path(n).name.startswith(".") and n.endswith(".tmp"))]
         names.sort(key=lambda n: (n in self.last, n))
         fs, base = filesystem(self.destination)
         sent = []

@@ -3,7 +3,9 @@
 A trial reports once per round (`tune.report` with the round's metrics, the running objective and a
 checkpoint of the engine state). Its engine state lives under `<sweep>/by_config/<config hash>/`, so a
 trial restarted by Tune, resumed by `lth-sweep resume`, or re-suggested under a new id after the
-driver was killed continues from its finished rounds instead of recomputing them.
+driver was killed continues from its finished rounds instead of recomputing them. With URI storage
+(s3://, gs://) the engine and W&B run in a local mirror on the trial's node, sent to that folder after
+every round, so a trial that lands on another node (or a fresh disk) finds them there.
 """
 
 from __future__ import annotations
