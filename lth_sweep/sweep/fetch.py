@@ -13,24 +13,21 @@ from lth_sweep.errors import UserError
 WANDB_RUNS_GLOB = "by_config/*/wandb/wandb/offline-run-*"
 
 
-def config_hashes(experiment_dir: str) -> list[str]:
-    """The configs that have a folder under `<sweep>/by_config/`."""
-    files = storage.list_files(storage.join(experiment_dir, "by_config"))
-    return sorted({PurePosixPath(name).parts[0] for name in files})
-
-
 def fetch_sweep(experiment_dir: str, out: Path, wandb_only: bool) -> list[Path]:
-    """Copies the sweep (or only every `by_config/<hash>/wandb` folder) under `out`, keeping its layout;
-    returns the offline W&B run folders now under `out`. Raises UserError naming the folder that failed."""
-    copies = [(experiment_dir, out)]
-    if wandb_only:
-        copies = [(storage.join(experiment_dir, "by_config", config_hash, "wandb"), out / "by_config" / config_hash
-                   / "wandb") for config_hash in config_hashes(experiment_dir)]
-    for source, destination in copies:
-        try:
-            storage.copy_dir(source, str(destination))
-        except OSError as err:
-            raise UserError("--out", f"could not copy {source} to {destination}: {err}") from None
+    """Copies the sweep (or only every `by_config/<hash>/wandb` folder there is) under `out`, keeping its
+    layout; returns the offline W&B run folders now under `out`. Raises UserError naming what failed."""
+    try:
+        if not wandb_only:
+            storage.copy_dir(experiment_dir, str(out))
+            return sorted(out.glob(WANDB_RUNS_GLOB))
+        files = storage.list_files(storage.join(experiment_dir, "by_config"))
+        paths = [PurePosixPath(name).parts for name in files]
+        with_wandb = sorted({parts[0] for parts in paths if len(parts) > 2 and parts[1] == "wandb"})
+        for config_hash in with_wandb:
+            source = storage.join(experiment_dir, "by_config", config_hash, "wandb")
+            storage.copy_dir(source, str(out / "by_config" / config_hash / "wandb"))
+    except OSError as err:
+        raise UserError("--out", f"could not copy {experiment_dir} to {out}: {err}") from None
     return sorted(out.glob(WANDB_RUNS_GLOB))
 
 
