@@ -259,10 +259,14 @@ def test_nothing_lost_nothing_duplicated(node_loss: NodeLoss, status: dict[str, 
     pairs = Counter((e["config_hash"], e["round"]) for e in ledger)
     assert max(pairs.values()) == 1, [p for p, n in pairs.items() if n > 1]
     assert ledger[: len(node_loss.ledger_at_driver_kill)] == node_loss.ledger_at_driver_kill
+    at_kill = Counter(e["config_hash"] for e in node_loss.ledger_at_driver_kill)
     for trial in status["trials"]:
         records = h.engine_rounds(node_loss.local, trial["config_hash"])
         assert [r["round"] for r in records] == list(range(ROUNDS)), trial
-        assert {(trial["config_hash"], r) for r in range(ROUNDS)} <= set(pairs)
+        # the ledger records a round once it is saved in the bucket: the only round it may lack is one
+        # that was being saved when the driver was killed (saved, so not trained again)
+        missing = {r for r in range(ROUNDS) if (trial["config_hash"], r) not in pairs}
+        assert missing <= {at_kill[trial["config_hash"]]}, (trial, missing)
         # Tune's own results: every round; a trial that Tune's lagging snapshot (after the driver's SIGKILL)
         # still saw part-way reports its later rounds again, from the engine's state, without training them
         results = h.read_jsonl(node_loss.local / f"trial_{trial['trial_id']}" / "result.json")
