@@ -239,8 +239,9 @@ def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
     print_status(status)
     failed = any(row["state"] == "ERROR" for row in status["trials"])
     if spec.wandb_mode == "offline":
-        echo(f"W&B runs were written offline under {spec.experiment_dir}/by_config/*/wandb; "
-             "upload them with: wandb sync DIR")
+        from lth_sweep.sweep.fetch import wandb_sync_command
+
+        echo(f"W&B runs were written offline; upload them with: {wandb_sync_command(spec.experiment_dir, spec.name)}")
     if interrupted or not is_finished(status):
         # Tune catches Ctrl+C itself, saves the experiment and returns: unfinished trials and no
         # errors mean the sweep was stopped, not that it failed.
@@ -264,6 +265,10 @@ def run_and_finish(spec: LaunchSpec, address: str | None, resume: bool, verbose:
 VERBOSE = click.option("-v", "--verbose", is_flag=True, help="Show Ray's and Tune's own output here too.")
 
 
+SHARED_STORAGE_HELP = ("The --storage folder is mounted at the same path on every node (NFS): allowed on a "
+                       "multi-node cluster (sweep key storage_shared: true).")
+
+
 @cli.command()
 @click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -272,9 +277,10 @@ VERBOSE = click.option("-v", "--verbose", is_flag=True, help="Show Ray's and Tun
 @click.option("--storage", default=None, help="Folder or URI (s3://, gs://) for the sweep's results "
                                               "(default: the sweep file's storage:, relative to that file).")
 @click.option("--address", default=None, help="Ray cluster address (default: start Ray on this machine).")
+@click.option("--shared-storage", is_flag=True, help=SHARED_STORAGE_HELP)
 @VERBOSE
 def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, storage: str | None,
-           address: str | None, verbose: bool) -> None:
+           address: str | None, shared_storage: bool, verbose: bool) -> None:
     """Run a sweep: Ray Tune trials, each a full IMP schedule, searched by Optuna, logged to W&B."""
     from lth_sweep.config import parse_overrides
     from lth_sweep.sweep.launch import prepare_launch
@@ -282,6 +288,8 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
     from lth_sweep.sweep.schema import load_sweep
 
     sweep, experiment = load_sweep(sweep_file, parse_overrides(overrides))
+    if shared_storage:
+        sweep.storage_shared = True
     spec = prepare_launch(sweep, experiment, storage, name, address)
     with driver_lock(spec.experiment_dir):
         echo(f"# sweep {sweep.name}: {sweep.search.num_samples} trials, objective {sweep.objective.name}, "
@@ -292,8 +300,9 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
 @cli.command()
 @click.argument("path")
 @click.option("--address", default=None, help="Ray cluster address (default: start Ray on this machine).")
+@click.option("--shared-storage", is_flag=True, help=SHARED_STORAGE_HELP)
 @VERBOSE
-def resume(path: str, address: str | None, verbose: bool) -> None:
+def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) -> None:
     """Continue an interrupted sweep; finished rounds are never recomputed."""
     from lth_sweep.sweep.launch import check_resources, with_env_wandb_mode
     from lth_sweep.sweep.lock import driver_lock
@@ -301,6 +310,8 @@ def resume(path: str, address: str | None, verbose: bool) -> None:
     from lth_sweep.sweep.status import sweep_status
 
     spec = with_env_wandb_mode(load_spec(path))
+    if shared_storage:
+        spec = spec.model_copy(update={"sweep": spec.sweep.model_copy(update={"storage_shared": True})})
     check_resources(spec.sweep.resources, address)
     with driver_lock(spec.experiment_dir) as dead_driver:  # first: a sweep another driver runs is not finished
         status = sweep_status(spec.experiment_dir)
@@ -375,6 +386,25 @@ def cluster_validate(files: tuple[Path, ...]) -> None:
 
     for path in cluster_files(files):
         click.echo(validate_file(path).line())
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Local folder.")
+@click.option("--wandb", "wandb_only", is_flag=True, help="Only the offline W&B runs (by_config/*/wandb).")
+def fetch(path: str, out: Path, wandb_only: bool) -> None:
+    """Copy a sweep from its storage (s3://, gs://, a folder) to a local folder, e.g. to `wandb sync` it."""
+    import shlex
+
+    from lth_sweep.sweep.fetch import WANDB_RUNS_GLOB, fetch_sweep
+    from lth_sweep.sweep.spec import load_spec
+
+    spec = load_spec(path)
+    runs = fetch_sweep(spec.experiment_dir, out, wandb_only)
+    click.echo(f"copied {'the W&B runs' if wandb_only else 'the sweep'} of {spec.name} to {out} "
+               f"({len(runs)} offline W&B runs)")
+    if runs:
+        click.echo(f"upload them with: wandb sync {shlex.quote(str(out))}/{WANDB_RUNS_GLOB}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,7 +49,10 @@ def check_folder(folder: Path, key: str) -> None:
 
 
 def filesystem(location: str, key: str = "storage") -> tuple[pafs.FileSystem, str]:
-    """pyarrow's file system and path for a URI; an unknown scheme or option is a UserError naming `key`."""
+    """pyarrow's file system and path for a folder or a URI; an unknown scheme or option is a UserError
+    naming `key`."""
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), str(Path(location.removeprefix("file://")).absolute())
     scheme = location.partition("://")[0].lower()
     if scheme not in URI_SCHEMES:
         raise UserError(key, f"{location}: unknown storage scheme '{scheme}://'; allowed: {ALLOWED}")
@@ -57,12 +60,6 @@ def filesystem(location: str, key: str = "storage") -> tuple[pafs.FileSystem, st
         return pafs.FileSystem.from_uri(location)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
         raise UserError(key, f"{location}: {str(err).splitlines()[0]}; allowed: {ALLOWED}") from None
-
-
-def _any_filesystem(location: str) -> tuple[pafs.FileSystem, str]:
-    if is_uri(location):
-        return filesystem(location)
-    return pafs.LocalFileSystem(), str(Path(location.removeprefix("file://")).absolute())
 
 
 def normalize(location: str) -> str:
@@ -79,6 +76,14 @@ def join(location: str, *parts: str) -> str:
         return str(Path(location, *parts))
     base, sep, query = location.partition("?")
     return "/".join([base.rstrip("/"), *parts]) + sep + query
+
+
+def split_last(location: str) -> tuple[str, str]:
+    """(parent, last part) of a folder or URI; a URI's query stays with the parent: how Ray Tune gets
+    `storage_path` and the experiment's name (`s3://b/p/imp?region=x` -> `s3://b/p?region=x`, `imp`)."""
+    base, sep, query = location.partition("?")
+    parent, _, name = base.rstrip("/").rpartition("/")
+    return parent + sep + query, name
 
 
 def exists(location: str) -> bool:
@@ -107,12 +112,70 @@ def write_text(location: str, text: str) -> None:
         stream.write(text.encode())
 
 
+def list_files(location: str) -> list[str]:
+    """The files under a folder or URI prefix (recursively), as sorted paths relative to it; none if absent."""
+    fs, path = filesystem(location)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    prefix = path.rstrip("/") + "/"
+    return sorted(info.path.removeprefix(prefix) for info in infos if info.type == pafs.FileType.File)
+
+
 def copy_dir(source: str, destination: str) -> None:
     """Copies a folder between a local path and a URI (either way)."""
-    src_fs, src_path = _any_filesystem(source)
-    dst_fs, dst_path = _any_filesystem(destination)
+    src_fs, src_path = filesystem(source)
+    dst_fs, dst_path = filesystem(destination)
     dst_fs.create_dir(dst_path, recursive=True)
     pafs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)
+
+
+def local_files(directory: Path) -> list[str]:
+    """Regular files under a local folder, relative and sorted; symbolic links are skipped (W&B keeps
+    `latest-run` and `debug.log` links to its newest run)."""
+    found = []
+    for parent, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(parent, d))]
+        for name in files:
+            full = os.path.join(parent, name)
+            if not os.path.islink(full):
+                found.append(os.path.relpath(full, directory))
+    return sorted(found)
+
+
+class Uploader:
+    """Mirrors a local folder to a URI, one file at a time in a fixed order, skipping files that have
+    not changed since this uploader last sent them. Files named in `last` go after all others: an
+    object store has no atomic rename, so a reader that trusts them (the engine's `rounds.jsonl`) never
+    sees them ahead of the files they describe."""
+
+    def __init__(self, source: Path, destination: str, last: tuple[str, ...] = ()) -> None:
+        self.source, self.destination, self.last = source, destination, last
+        self.sent: dict[str, tuple[int, int]] = {}
+
+    def upload(self) -> list[str]:
+        """Sends what changed; returns the relative paths sent."""
+        if not self.source.is_dir():
+            return []
+        names = [n for n in local_files(self.source)  # not an atomic write's temporary file
+                 if not (Path(n).name.startswith(".") and n.endswith(".tmp"))]
+        names.sort(key=lambda n: (n in self.last, n))
+        fs, base = filesystem(self.destination)
+        sent = []
+        for name in names:
+            try:
+                info = os.stat(self.source / name)
+                data = (self.source / name).read_bytes()
+            except FileNotFoundError:  # a writer's temporary file, renamed meanwhile
+                continue
+            version = (info.st_size, info.st_mtime_ns)
+            if self.sent.get(name) == version:
+                continue
+            if not is_uri(self.destination):
+                (Path(base) / name).parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_output_stream(f"{base.rstrip('/')}/{name}") as stream:
+                stream.write(data)
+            self.sent[name] = version
+            sent.append(name)
+        return sent
 
 
 @contextmanager

@@ -7,13 +7,14 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 import torch
 import yaml
+from s3_server import S3Server, s3_server
 
 from lth_sweep.config import DatasetConfig, ExperimentConfig, build_experiment, set_dotted
 from lth_sweep.engine.data import DatasetSplits, load_dataset
@@ -53,6 +54,12 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     load_dataset(DatasetConfig(name="mnist1d", root=str(root)), CPU)
     assert (root / "mnist1d" / "mnist1d.npz").is_file()
     return root
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3-compatible server (moto) on loopback with one bucket, started once for the session that asks."""
+    yield from s3_server(tmp_path_factory.mktemp("moto"))
 
 
 @pytest.fixture(scope="session")

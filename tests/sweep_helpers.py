@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from lth_sweep.sweep.trainable import FAIL_ONCE_ENV, LEDGER_FILE
+from lth_sweep.sweep.trainable import FAIL_ONCE_ENV, read_ledger
 
 # Set in the environment of every process the tests start; Ray's processes inherit it.
 MARKER_ENV = "LTH_SWEEP_TEST_MARKER"
@@ -219,16 +219,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def ledger(sweep_dir: Path) -> list[dict[str, Any]]:
-    """<sweep>/rounds_trained.jsonl: one line per round trained (replayed rounds are not written)."""
-    return read_jsonl(sweep_dir / LEDGER_FILE)
+def ledger(sweep_dir: Path | str) -> list[dict[str, Any]]:
+    """The rounds trained (replayed rounds are not written), oldest first: <sweep>/rounds_trained.jsonl, or
+    the objects under <sweep>/ledger/ for a sweep at a URI."""
+    return read_ledger(str(sweep_dir))
 
 
 def engine_rounds(sweep_dir: Path, config_hash: str) -> list[dict[str, Any]]:
     return read_jsonl(sweep_dir / "by_config" / config_hash / "engine" / "rounds.jsonl")
 
 
-def status_json(sweep_dir: Path, cwd: Path, env: dict[str, str]) -> dict[str, Any]:
+def status_json(sweep_dir: Path | str, cwd: Path, env: dict[str, str]) -> dict[str, Any]:
     result = run_cli("status", sweep_dir, "--json", cwd=cwd, env=env, timeout=120)
     assert result.returncode == 0, result.explain()
     return json.loads(result.stdout)

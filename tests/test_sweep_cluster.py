@@ -56,8 +56,9 @@ def sweep(cluster: Any, tmp_path_factory: pytest.TempPathFactory, data_root: Pat
     tree = h.sweep_tree(data_root, epochs=6, rounds=ROUNDS, num_samples=2, max_concurrent=2)
     sweep_file = h.write_sweep(base / "two_nodes.yaml", tree)
     env = h.cli_env(ray_tmp)
-    result = h.run_cli("launch", sweep_file, "--storage", base / "storage", "--address", cluster.address, cwd=base,
-                       env=env, timeout=240)
+    # both nodes run on this machine, so the local folder is shared storage, and is declared so
+    result = h.run_cli("launch", sweep_file, "--storage", base / "storage", "--shared-storage", "--address",
+                       cluster.address, cwd=base, env=env, timeout=240)
     return h.Sweep(base / "storage" / "two_nodes", tree, result, base, env)
 
 

@@ -79,9 +79,7 @@ def build_tuner(spec: LaunchSpec, on_cluster: bool, callbacks: list[Any] | None 
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_rounds,
                                   grace_period=min(sweep.scheduler.grace_rounds, max_rounds),
                                   reduction_factor=sweep.scheduler.reduction_factor)
-    base, sep, query = spec.experiment_dir.partition("?")
-    parent, name = base.rsplit("/", 1)
-    parent += sep + query
+    parent, name = storage.split_last(spec.experiment_dir)
     return tune.Tuner(
         make_trainable(spec),
         param_space={key: dist.to_tune() for key, dist in sweep.search.space.items()},
@@ -167,6 +165,23 @@ def no_node_fits(resources: ResourcesConfig, nodes: list[dict[str, float]]) -> s
             "autoscaler adds such a node")
 
 
+def check_storage_reaches_every_node(spec: LaunchSpec, alive_nodes: int) -> None:
+    """A sweep on more than one node needs storage that every node reads and writes: its trials run
+    anywhere, and a restarted trial must find its rounds on whichever node it lands."""
+    if alive_nodes <= 1 or storage.is_uri(spec.experiment_dir) or spec.sweep.storage_shared:
+        return
+    raise UserError("--storage", f"{spec.experiment_dir} is a folder on this machine, and the Ray cluster has "
+                                 f"{alive_nodes} nodes whose trials cannot read or write it; allowed on a cluster: "
+                                 "s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, or a folder mounted at the same path on "
+                                 "every node (NFS) declared with --shared-storage (sweep key storage_shared: true)")
+
+
+def alive_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node["Alive"])
+
+
 # ------------------------------------------------------------------------------------ commands
 
 
@@ -209,10 +224,6 @@ def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool
 
     from lth_sweep.sweep.progress import Progress, Terminal
 
-    if not resume:
-        if not storage.is_uri(spec.experiment_dir):
-            Path(spec.experiment_dir).mkdir(parents=True, exist_ok=True)
-        save_spec(spec)
     metrics, modes = objective_metrics(spec.sweep.objective)
     single = len(metrics) == 1
     with Terminal(None if verbose else driver_log_path(spec)) as terminal:
@@ -222,6 +233,9 @@ def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool
             warning = init_ray(address, spec)
             if warning:
                 terminal.line(f"lth-sweep: warning: {warning}")
+            check_storage_reaches_every_node(spec, alive_nodes())
+            if not resume:
+                save_spec(spec)
             if resume:
                 tuner = tune.Tuner.restore(spec.experiment_dir, make_trainable(spec),
                                            resume_unfinished=True, resume_errored=True)

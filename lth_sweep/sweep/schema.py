@@ -129,6 +129,8 @@ class SweepConfig(Section):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     optuna: OptunaConfig = Field(default_factory=OptunaConfig)
     storage: str = "runs/sweeps"
+    storage_shared: bool = Field(default=False, description="a local `storage` folder is mounted at the same "
+                                                            "path on every node (NFS): allowed on a cluster")
     max_failures: int = Field(default=2, ge=0)
 
     @model_validator(mode="after")

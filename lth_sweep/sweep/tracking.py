@@ -32,6 +32,7 @@ from lth_sweep.sweep.schema import WandbConfig
 
 log = logging.getLogger(__name__)
 
+LOGGED_ROUNDS_FILE = "logged_rounds.json"  # in the trial's W&B folder
 # test numbers are summarized by the last round, never by a maximum over rounds (that would pick the best
 # test number across sparsities); the round chosen by validation is logged as best_by_val_* (last = so far)
 SUMMARY_MODES = {"val_acc": "max", "test_acc": "last", "test_acc_at_early_stop": "last", "density": "min",
@@ -99,7 +100,7 @@ class Tracker:
         self.notices: list[str] = []  # warnings not yet shown on the driver's terminal
         self.mode = resolve_mode(settings.mode)
         self.iterations_per_round = iterations_per_round
-        self.logged_rounds_path = directory / "logged_rounds.json"
+        self.logged_rounds_path = directory / LOGGED_ROUNDS_FILE
         self.logged_round = -1  # flushed to W&B's files by a finished run
         self.pending_round = -1  # handed to W&B in this process
         if self.mode == "disabled":

@@ -3,34 +3,41 @@
 A trial reports once per round (`tune.report` with the round's metrics, the running objective and a
 checkpoint of the engine state). Its engine state lives under `<sweep>/by_config/<config hash>/`, so a
 trial restarted by Tune, resumed by `lth-sweep resume`, or re-suggested under a new id after the
-driver was killed continues from its finished rounds instead of recomputing them.
+driver was killed continues from its finished rounds instead of recomputing them. With URI storage
+(s3://, gs://) the engine and W&B run in a local mirror on the trial's node, sent to that folder after
+every round, so a trial that lands on another node (or a fresh disk) finds them there.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from lth_sweep import storage
+from lth_sweep.checkpoint import write_text
 from lth_sweep.engine.lottery import STATE_FILE, Trial
 from lth_sweep.engine.recovery import Candidate, adopt, describe, newest_intact, set_aside
 from lth_sweep.engine.train import Evaluation
 from lth_sweep.sweep.objectives import best_by_validation, objective_value
 from lth_sweep.sweep.schema import objective_metrics
 from lth_sweep.sweep.spec import LaunchSpec
-from lth_sweep.sweep.tracking import Tracker, scalar_metrics
+from lth_sweep.sweep.tracking import LOGGED_ROUNDS_FILE, Tracker, scalar_metrics
 
-LEDGER_FILE = "rounds_trained.jsonl"
+LEDGER_FILE = "rounds_trained.jsonl"  # local storage: one line per round trained
+LEDGER_DIR = "ledger"  # URI storage: one small object per round trained (object stores cannot append)
 FAIL_ONCE_ENV = "LTH_SWEEP_FAIL_ONCE_AFTER_ROUND"  # fault injection for tests: raise once after round k
 
+log = logging.getLogger(__name__)
 
 
 def work_dir(spec: LaunchSpec, config_hash: str) -> Path:
@@ -39,6 +46,11 @@ def work_dir(spec: LaunchSpec, config_hash: str) -> Path:
     if not storage.is_uri(experiment_dir):
         return Path(experiment_dir) / "by_config" / config_hash
     return Path(tempfile.gettempdir()) / "lth_sweep" / spec.name / config_hash
+
+
+def by_config(spec: LaunchSpec, config_hash: str, *parts: str) -> str:
+    """A path in the config's shared folder `<sweep>/by_config/<hash>/` (a folder or a URI)."""
+    return storage.join(spec.experiment_dir, "by_config", config_hash, *parts)
 
 
 def count_rounds(engine_dir: Path) -> int:
@@ -73,7 +85,7 @@ def restore_engine_dir(spec: LaunchSpec, config_hash: str, engine_dir: Path, che
     engine = Candidate(f"the engine state in {engine_dir}", engine_dir)
     with ExitStack() as stack:
         groups: list[Iterable[Candidate]] = [[engine]]
-        remote = storage.join(spec.experiment_dir, "by_config", config_hash, "engine")
+        remote = by_config(spec, config_hash, "engine")
         if storage.is_uri(remote) and storage.exists(storage.join(remote, STATE_FILE)):
             mirror = stack.enter_context(tempfile.TemporaryDirectory(prefix="lth_sweep_remote_"))
             storage.copy_dir(remote, mirror)
@@ -94,6 +106,42 @@ def restore_engine_dir(spec: LaunchSpec, config_hash: str, engine_dir: Path, che
     return reported, line
 
 
+def restore_logged_rounds(spec: LaunchSpec, config_hash: str, root: Path) -> None:
+    """For URI storage, on a node that has not run this config: which rounds already reached W&B."""
+    if not storage.is_uri(spec.experiment_dir):
+        return
+    logged_remote = by_config(spec, config_hash, "wandb", LOGGED_ROUNDS_FILE)
+    logged_local = root / "wandb" / LOGGED_ROUNDS_FILE
+    if not logged_local.exists() and storage.exists(logged_remote):
+        write_text(logged_local, storage.read_text(logged_remote))
+
+
+class RemoteMirror:
+    """For URI storage: sends a trial's engine state (after every round) and its offline W&B runs (after
+    every round and at the end) from the node's local work folder to `<sweep>/by_config/<hash>/`, so a
+    lost node loses nothing and `wandb sync` works from anywhere. Does nothing for local storage."""
+
+    def __init__(self, spec: LaunchSpec, config_hash: str, root: Path) -> None:
+        self.enabled = storage.is_uri(spec.experiment_dir)
+        self.wandb_enabled = self.enabled and spec.wandb_mode == "offline"
+        self.engine = storage.Uploader(root / "engine", by_config(spec, config_hash, "engine"),
+                                       last=("rounds.jsonl",))
+        self.wandb = storage.Uploader(root / "wandb", by_config(spec, config_hash, "wandb"))
+
+    def engine_state(self) -> None:
+        if self.enabled:
+            self.engine.upload()
+
+    def wandb_runs(self) -> None:
+        """Best effort, like all W&B tracking: a failed copy is logged and never fails the trial."""
+        if not self.wandb_enabled:
+            return
+        try:
+            self.wandb.upload()
+        except Exception as err:  # noqa: BLE001
+            log.warning("could not copy the W&B runs to %s: %s", self.wandb.destination, err)
+
+
 def imp_trainable(params: dict[str, Any], spec: LaunchSpec) -> None:
     """A Ray Tune function trainable: one full IMP schedule."""
     import ray
@@ -104,10 +152,12 @@ def imp_trainable(params: dict[str, Any], spec: LaunchSpec) -> None:
     config_hash = config.config_hash()
     root = work_dir(spec, config_hash)
     engine_dir = root / "engine"
+    mirror = RemoteMirror(spec, config_hash, root)
     _, modes = objective_metrics(sweep.objective)
     iterations_per_round = config.iterations_per_round(config.steps_per_epoch())
     with storage.exclusive(root):
         reported, restored_from = restore_engine_dir(spec, config_hash, engine_dir, tune.get_checkpoint())
+        restore_logged_rounds(spec, config_hash, root)
         context = tune.get_context()
         tracker = Tracker(
             sweep.wandb.model_copy(update={"mode": spec.wandb_mode}),
@@ -129,13 +179,12 @@ def imp_trainable(params: dict[str, Any], spec: LaunchSpec) -> None:
             extra = {"objective": objective_value(records, sweep.objective, final), "rounds_done": len(records),
                      "config_hash": config_hash, "node_id": node_id, **best_by_validation(records)}
             tracker.log_round(record, extra)
-            if trained_now:
-                append_ledger(spec.experiment_dir, config_hash, record["round"], context.get_trial_id())
             if len(records) <= reported:
                 return  # Tune has this round already (restored from its checkpoint)
-            remote = storage.join(spec.experiment_dir, "by_config", config_hash, "engine")
-            if storage.is_uri(remote):
-                storage.copy_dir(str(engine_dir), remote)
+            mirror.engine_state()
+            if trained_now:  # after the round is safe in the shared store
+                append_ledger(spec.experiment_dir, config_hash, record["round"], context.get_trial_id(), node_id)
+            mirror.wandb_runs()
             if tracker.notices:  # for the driver's terminal (a worker's own output goes to the driver's log)
                 extra["notice"] = "; ".join(tracker.notices)
                 tracker.notices.clear()
@@ -162,19 +211,35 @@ def imp_trainable(params: dict[str, Any], spec: LaunchSpec) -> None:
             trial.run()
         finally:
             tracker.finish()
+            mirror.wandb_runs()
 
 
 def wandb_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", text)[:128]
 
 
-def append_ledger(experiment_dir: str, config_hash: str, round_index: int, trial_id: str) -> None:
-    """One line per round trained (not replayed): how the tests count recomputation. Local storage only."""
+def append_ledger(experiment_dir: str, config_hash: str, round_index: int, trial_id: str, node_id: str) -> None:
+    """Records a round trained (not replayed) and saved: how the tests count recomputation and find the
+    node a trial runs on. A line of `<sweep>/rounds_trained.jsonl`, or for URI storage one object
+    `<sweep>/ledger/<time>-<hash>-r<round>-<trial>.json`."""
+    entry = {"config_hash": config_hash, "round": round_index, "trial_id": trial_id, "node_id": node_id,
+             "time": time.time()}
     if storage.is_uri(experiment_dir):
+        name = f"{time.time_ns():020d}-{config_hash}-r{round_index}-{trial_id}.json"
+        storage.write_text(storage.join(experiment_dir, LEDGER_DIR, name), json.dumps(entry))
         return
-    line = json.dumps({"config_hash": config_hash, "round": round_index, "trial_id": trial_id}) + "\n"
     fd = os.open(Path(experiment_dir) / LEDGER_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)  # less the umask
     try:
-        os.write(fd, line.encode())
+        os.write(fd, (json.dumps(entry) + "\n").encode())
     finally:
         os.close(fd)
+
+
+def read_ledger(experiment_dir: str) -> list[dict[str, Any]]:
+    """Every round trained so far, oldest first, from either form of the ledger."""
+    if not storage.is_uri(experiment_dir):
+        path = Path(experiment_dir) / LEDGER_FILE
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [json.loads(line) for line in lines if line.strip()]
+    folder = storage.join(experiment_dir, LEDGER_DIR)
+    return [json.loads(storage.read_text(storage.join(folder, name))) for name in storage.list_files(folder)]

@@ -1,0 +1,182 @@
+"""Storage on an object store, piece by piece: our storage helpers, the per-round ledger and a trial's restore
+against moto's S3 server (started by the test session); `gs://` URI handling and what Ray Tune gets for it
+(no GCS server exists here: only the string forms and pyarrow's/Ray's own path resolution, which contact
+no server, are checked); the multi-node storage guard; the printed `wandb sync` command."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+import sweep_helpers as h
+from s3_server import CREDENTIALS, S3Server
+
+from lth_sweep import storage
+from lth_sweep.errors import UserError
+from lth_sweep.sweep.fetch import fetch_sweep, wandb_sync_command
+from lth_sweep.sweep.launch import check_storage_reaches_every_node, prepare_launch
+from lth_sweep.sweep.schema import load_sweep
+from lth_sweep.sweep.spec import LaunchSpec
+from lth_sweep.sweep.tracking import LOGGED_ROUNDS_FILE
+from lth_sweep.sweep.trainable import LEDGER_FILE, append_ledger, read_ledger, restore_work_dir
+
+
+@pytest.fixture
+def s3_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The moto server, with its fake credentials in this process's environment (where pyarrow reads them)."""
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    return s3
+
+
+def make_spec(tmp_path: Path, data_root: Path, location: str, **top) -> LaunchSpec:
+    sweep_file = h.write_sweep(tmp_path / "imp.yaml", h.sweep_tree(data_root, rounds=2, num_samples=1, **top))
+    return prepare_launch(*load_sweep(sweep_file), location, None)
+
+
+# ------------------------------------------------------------------------------------ S3, through moto
+
+
+def test_text_listing_and_folders_on_s3(s3_env: S3Server, tmp_path: Path) -> None:
+    root = s3_env.uri("unit/texts")
+    storage.write_text(storage.join(root, "a", "sweep.json"), '{"x": 1}')
+    storage.write_text(storage.join(root, "b.txt"), "b")
+    assert storage.read_text(storage.join(root, "a", "sweep.json")) == '{"x": 1}'
+    assert storage.exists(storage.join(root, "a")) and not storage.exists(storage.join(root, "nothing"))
+    assert storage.list_files(root) == ["a/sweep.json", "b.txt"]
+    assert storage.list_files(storage.join(root, "nothing")) == []
+    storage.copy_dir(root, str(tmp_path / "down"))
+    assert (tmp_path / "down" / "a" / "sweep.json").read_text() == '{"x": 1}'
+
+
+def test_uploader_sends_what_changed_with_the_trusted_file_last(s3_env: S3Server, tmp_path: Path) -> None:
+    source = tmp_path / "engine"
+    (source / "sub").mkdir(parents=True)
+    for name in ("rounds.jsonl", "state.pt", "config.yaml", "sub/rewind.pt"):
+        (source / name).write_text(name)
+    (source / ".state.pt.x1.tmp").write_text("half written")  # an atomic write in progress
+    (source / "latest").symlink_to(source / "sub")  # W&B's latest-run link
+    uploader = storage.Uploader(source, s3_env.uri("unit/engine"), last=("rounds.jsonl",))
+    assert uploader.upload() == ["config.yaml", "state.pt", "sub/rewind.pt", "rounds.jsonl"]
+    assert s3_env.keys("unit/engine") == ["config.yaml", "rounds.jsonl", "state.pt", "sub/rewind.pt"]
+    assert uploader.upload() == []
+    (source / "state.pt").write_text("state, round 2")
+    os.utime(source / "state.pt", ns=(1, 1))  # a different mtime even on a coarse clock
+    (source / "rounds.jsonl").write_text("rounds.jsonl, round 2")
+    assert uploader.upload() == ["state.pt", "rounds.jsonl"]
+    assert storage.read_text(s3_env.uri("unit/engine/state.pt")) == "state, round 2"
+
+
+def test_the_ledger_is_one_object_per_round_on_s3(s3_env: S3Server) -> None:
+    sweep = s3_env.uri("unit/ledger-sweep")
+    append_ledger(sweep, "abc", 0, "t1", "node-a")
+    append_ledger(sweep, "abc", 1, "t1", "node-a")
+    append_ledger(sweep, "def", 0, "t2", "node-b")
+    entries = read_ledger(sweep)
+    assert [(e["config_hash"], e["round"], e["trial_id"], e["node_id"]) for e in entries] == \
+        [("abc", 0, "t1", "node-a"), ("abc", 1, "t1", "node-a"), ("def", 0, "t2", "node-b")]
+    keys = s3_env.keys("unit/ledger-sweep")
+    assert len(keys) == 3 and all(k.startswith("ledger/") and k.endswith(".json") for k in keys)
+
+
+def test_the_local_ledger_is_one_file(tmp_path: Path) -> None:
+    append_ledger(str(tmp_path), "abc", 0, "t1", "node-a")
+    append_ledger(str(tmp_path), "abc", 1, "t1", "node-a")
+    assert [e["round"] for e in read_ledger(str(tmp_path))] == [0, 1]
+    assert len((tmp_path / LEDGER_FILE).read_text().splitlines()) == 2
+
+
+def test_a_trial_on_a_fresh_node_restores_its_rounds_from_the_bucket(s3_env: S3Server, tmp_path: Path,
+                                                                    data_root: Path) -> None:
+    """A node with an empty disk gets the config's engine state and which rounds reached W&B."""
+    spec = make_spec(tmp_path, data_root, s3_env.uri("unit/restore"))
+    remote = storage.join(spec.experiment_dir, "by_config", "abc")
+    storage.write_text(storage.join(remote, "engine", "state.pt"), "state")
+    storage.write_text(storage.join(remote, "engine", "rounds.jsonl"), '{"round": 0}\n{"round": 1}\n')
+    storage.write_text(storage.join(remote, "wandb", LOGGED_ROUNDS_FILE), json.dumps({"round": 1}))
+    root = tmp_path / "fresh-node" / "abc"
+    assert restore_work_dir(spec, "abc", root, checkpoint=None) == 0  # Tune has none of them
+    assert (root / "engine" / "state.pt").read_text() == "state"
+    assert len((root / "engine" / "rounds.jsonl").read_text().splitlines()) == 2
+    assert json.loads((root / "wandb" / LOGGED_ROUNDS_FILE).read_text()) == {"round": 1}
+
+
+def test_fetch_wandb_copies_only_the_wandb_folders_there_are(s3_env: S3Server, tmp_path: Path) -> None:
+    sweep = s3_env.uri("unit/fetch/imp")
+    storage.write_text(storage.join(sweep, "sweep.json"), "{}")
+    storage.write_text(storage.join(sweep, "by_config", "a", "engine", "state.pt"), "state")
+    storage.write_text(storage.join(sweep, "by_config", "a", "wandb", "wandb", "offline-run-1-x", "run-x.wandb"), "w")
+    storage.write_text(storage.join(sweep, "by_config", "b", "engine", "state.pt"), "state")  # W&B never ran
+    runs = fetch_sweep(sweep, tmp_path / "out", wandb_only=True)
+    assert runs == [tmp_path / "out" / "by_config" / "a" / "wandb" / "wandb" / "offline-run-1-x"]
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()) == \
+        ["by_config/a/wandb/wandb/offline-run-1-x/run-x.wandb"]
+    assert fetch_sweep(sweep, tmp_path / "all", wandb_only=False) == \
+        [tmp_path / "all" / "by_config" / "a" / "wandb" / "wandb" / "offline-run-1-x"]
+    assert (tmp_path / "all" / "by_config" / "b" / "engine" / "state.pt").read_text() == "state"
+
+
+# ------------------------------------------------------------------------------------ gs:// (no server)
+
+
+def test_gs_uris_keep_their_query_at_the_end() -> None:
+    uri = "gs://bucket/sweeps/?project_id=p"
+    assert storage.is_uri(uri) and storage.normalize(uri) == "gs://bucket/sweeps?project_id=p"
+    assert storage.join("gs://bucket/sweeps?project_id=p", "imp", "by_config", "abc") == \
+        "gs://bucket/sweeps/imp/by_config/abc?project_id=p"
+    assert storage.join("gs://bucket/sweeps", "imp") == "gs://bucket/sweeps/imp"
+
+
+def test_ray_tune_gets_the_parent_uri_and_the_sweep_name() -> None:
+    """What build_tuner hands Ray Tune (`storage_path`, the run's `name`), resolved by Ray's own resolver
+    to pyarrow's GCS/S3 filesystem and a path without scheme or query (constructing them contacts nothing)."""
+    from ray.train._internal.storage import get_fs_and_path
+
+    parent, name = storage.split_last("gs://bucket/sweeps/imp?project_id=p")
+    assert (parent, name) == ("gs://bucket/sweeps?project_id=p", "imp")
+    fs, path = get_fs_and_path(parent)
+    assert isinstance(fs, pafs.GcsFileSystem) and path == "bucket/sweeps"
+    assert storage.split_last("gs://bucket/imp") == ("gs://bucket", "imp")
+    parent, name = storage.split_last("s3://b/p/imp?endpoint_override=http://127.0.0.1:9&scheme=http&region=us-east-1")
+    fs, path = get_fs_and_path(parent)
+    assert isinstance(fs, pafs.S3FileSystem) and path == "b/p" and name == "imp"
+    assert storage.split_last("/data/sweeps/imp") == ("/data/sweeps", "imp")
+
+
+# ------------------------------------------------------------------------------------ the multi-node guard
+
+
+@pytest.mark.parametrize("location, shared, nodes, allowed", [
+    ("local", False, 1, True),
+    ("local", False, 3, False),
+    ("local", True, 3, True),
+    ("s3://bucket/sweeps", False, 3, True),
+    ("gs://bucket/sweeps", False, 3, True),
+])
+def test_storage_guard(tmp_path: Path, data_root: Path, location: str, shared: bool, nodes: int,
+                       allowed: bool) -> None:
+    spec = make_spec(tmp_path, data_root, str(tmp_path / "storage"), storage_shared=shared)
+    if location != "local":  # (prepare_launch would look for an existing sweep there: no server here)
+        spec = spec.model_copy(update={"experiment_dir": storage.join(location, "imp")})
+    if allowed:
+        check_storage_reaches_every_node(spec, nodes)
+        return
+    with pytest.raises(UserError) as err:
+        check_storage_reaches_every_node(spec, nodes)
+    assert err.value.key == "--storage" and f"{nodes} nodes" in err.value.message
+    assert all(word in err.value.message for word in ("s3://", "gs://", "--shared-storage", "storage_shared"))
+
+
+# ------------------------------------------------------------------------------------ the sync hint
+
+
+def test_the_sync_command_for_a_local_sweep_and_for_a_uri() -> None:
+    assert wandb_sync_command("/data/my sweeps/imp", "imp") == \
+        "wandb sync '/data/my sweeps/imp'/by_config/*/wandb/wandb/offline-run-*"
+    uri = "s3://b/p/imp?endpoint_override=http://127.0.0.1:9&scheme=http"
+    assert wandb_sync_command(uri, "imp") == (
+        f"lth-sweep fetch '{uri}' --wandb --out ./imp-wandb && "
+        "wandb sync ./imp-wandb/by_config/*/wandb/wandb/offline-run-*")
