@@ -4,6 +4,7 @@ engine would give them; the figures are drawn by matplotlib for real."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from lth_sweep.report import figures as figs
 from lth_sweep.report.data import RoundRow, SweepData, TrialRow
 from lth_sweep.report.page import render
 from lth_sweep.sweep.objectives import pareto_front
-from lth_sweep.sweep.schema import SweepConfig
+from lth_sweep.sweep.schema import Distribution, SweepConfig
 from lth_sweep.sweep.spec import LaunchSpec
 
 
@@ -91,3 +92,24 @@ def test_with_many_trials_only_the_best_gets_its_control_and_band(raw_config: di
     drawn = [d for d in figs.lottery_ticket(data).series if d.axes == "val_acc"]
     assert len([d for d in drawn if d.kind == "ticket"]) == 15
     assert {d.trial_id for d in drawn if d.kind in ("control", "band")} == {"t0"}  # the best (first) trial
+
+
+def test_a_sweep_over_the_rewind_point_plots_instability_against_it(raw_config: dict[str, Any],
+                                                                    tmp_path: Path) -> None:
+    """One point per trial: (its rewind iteration, the instability of its sparsest measured round)."""
+    trials = [TrialRow(trial_id=name, state="TERMINATED", params={"rewind.iteration": rewind}, config_hash=name,
+                       objective=0.5, rounds=[RoundRow.from_record(r) for r in records], records=records)
+              for name, rewind, records in [
+                  ("early", 0, [record(0, 1.0, 0.9, 0.02), record(1, 0.8, 0.85, 0.20), record(2, 0.64, 0.8, 0.40)]),
+                  ("late", 50, [record(0, 1.0, 0.9, 0.01), record(1, 0.8, 0.9, 0.02), record(2, 0.64, 0.9, 0.03)]),
+                  ("unmeasured", 20, [record(0, 1.0, 0.9, None)])]]
+    data = sweep_data(raw_config, tmp_path, trials, "matching_density")
+    data = dataclasses.replace(data, spec=data.spec.model_copy(update={"sweep": data.spec.sweep.model_copy(
+        update={"search": data.spec.sweep.search.model_copy(update={"space": {
+            "rewind.iteration": Distribution(integer=(0, 50))}})}, deep=True)}))
+    drawn = next(f for f in figs.all_figures(data) if f.name == "instability_vs_rewind.png")
+    (points,) = drawn.series
+    assert sorted(zip(points.x, points.y, strict=True)) == [(0.0, 0.40), (50.0, 0.03)]
+    assert drawn.png.startswith(b"\x89PNG")
+    without_rewind = sweep_data(raw_config, tmp_path, trials, "matching_density")  # prune.rate searched only
+    assert "instability_vs_rewind.png" not in [f.name for f in figs.all_figures(without_rewind)]

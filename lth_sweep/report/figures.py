@@ -380,7 +380,50 @@ def instability(data: SweepData) -> Figure | None:
     return styled(draw)
 
 
-FIGURES = (lottery_ticket, early_stop, objective_vs_params, importance, pareto, instability)
+REWIND_KEYS = ("rewind.iteration", "rewind.epoch")
+
+
+def rewind_iteration(data: SweepData, trial: TrialRow) -> int:
+    """The iteration a trial rewinds to (its searched rewind.iteration, or rewind.epoch in iterations)."""
+    config = data.spec.trial_config(trial.params)
+    return config.rewind_iteration(config.steps_per_epoch())
+
+
+def instability_vs_rewind(data: SweepData) -> Figure | None:
+    """Sweeps over the rewind point (Frankle et al. 2020, Figure 5): each trial's instability at its sparsest
+    measured round against the iteration it rewinds to, coloured by the weights that round keeps."""
+    if not any(key in data.space for key in REWIND_KEYS):
+        return None
+    points = []
+    for trial in data.with_rounds:
+        measured = [r for r in trial.rounds if r.instability is not None]
+        if measured:
+            sparsest = min(measured, key=lambda r: r.density)
+            points.append((rewind_iteration(data, trial), sparsest.instability, sparsest.percent_remaining,
+                           trial.trial_id))
+    if not points:
+        return None
+
+    def draw() -> Figure:
+        fig, (ax,) = figure(5.5, 3.8)
+        cloud = ax.scatter([p[0] for p in points], [p[1] for p in points], c=[p[2] for p in points], cmap="viridis",
+                           s=28, zorder=3, edgecolors="black", linewidths=0.4)
+        fig.colorbar(cloud, ax=ax, label="Percent of weights remaining")
+        offsets = cloud.get_offsets()
+        drawn = [Drawn("instability_vs_rewind", "sparsest measured round", None, "points",
+                       [float(v) for v in offsets[:, 0]], [float(v) for v in offsets[:, 1]])]
+        ax.set_xlabel("Rewind iteration")
+        ax.set_ylabel("Instability (error barrier)")
+        ax.set_title("Instability against the rewind point")
+        return Figure("instability_vs_rewind.png", "Instability against the rewind point",
+                      "One point per trial: the instability of its sparsest measured round against the iteration its "
+                      "ticket rewinds to. Matching tickets at standard learning rates appear once rewinding is late "
+                      "enough for the network to be stable (Frankle et al. 2020).", to_png(fig), drawn, inches(fig))
+
+    return styled(draw)
+
+
+FIGURES = (lottery_ticket, early_stop, objective_vs_params, importance, pareto, instability, instability_vs_rewind)
 
 
 def all_figures(data: SweepData) -> list[Figure]:
