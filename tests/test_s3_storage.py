@@ -15,13 +15,20 @@ import sweep_helpers as h
 from s3_server import CREDENTIALS, S3Server
 
 from lth_sweep import storage
+from lth_sweep.engine.lottery import Trial
 from lth_sweep.errors import UserError
 from lth_sweep.sweep.fetch import fetch_sweep, wandb_sync_command
 from lth_sweep.sweep.launch import check_storage_reaches_every_node, prepare_launch
 from lth_sweep.sweep.schema import load_sweep
 from lth_sweep.sweep.spec import LaunchSpec
 from lth_sweep.sweep.tracking import LOGGED_ROUNDS_FILE
-from lth_sweep.sweep.trainable import LEDGER_FILE, append_ledger, read_ledger, restore_work_dir
+from lth_sweep.sweep.trainable import (
+    LEDGER_FILE,
+    append_ledger,
+    read_ledger,
+    restore_engine_dir,
+    restore_logged_rounds,
+)
 
 
 @pytest.fixture
@@ -90,16 +97,21 @@ def test_the_local_ledger_is_one_file(tmp_path: Path) -> None:
 
 
 def test_a_trial_on_a_fresh_node_restores_its_rounds_from_the_bucket(s3_env: S3Server, tmp_path: Path,
-                                                                    data_root: Path) -> None:
-    """A node with an empty disk gets the config's engine state and which rounds reached W&B."""
+                                                                    data_root: Path, make_config,
+                                                                    mnist1d) -> None:
+    """A node with an empty disk gets the config's engine state (a real one: the restore keeps only intact
+    states) and which rounds reached W&B."""
     spec = make_spec(tmp_path, data_root, s3_env.uri("unit/restore"))
+    engine = tmp_path / "first-node" / "engine"
+    Trial(make_config({"prune.rounds": 2}), engine, data=mnist1d).run()
     remote = storage.join(spec.experiment_dir, "by_config", "abc")
-    storage.write_text(storage.join(remote, "engine", "state.pt"), "state")
-    storage.write_text(storage.join(remote, "engine", "rounds.jsonl"), '{"round": 0}\n{"round": 1}\n')
+    storage.copy_dir(str(engine), storage.join(remote, "engine"))
     storage.write_text(storage.join(remote, "wandb", LOGGED_ROUNDS_FILE), json.dumps({"round": 1}))
     root = tmp_path / "fresh-node" / "abc"
-    assert restore_work_dir(spec, "abc", root, checkpoint=None) == 0  # Tune has none of them
-    assert (root / "engine" / "state.pt").read_text() == "state"
+    reported, line = restore_engine_dir(spec, "abc", root / "engine", checkpoint=None)
+    assert reported == 0 and line is not None and "copy at" in line  # Tune has none of them; the bucket's copy
+    restore_logged_rounds(spec, "abc", root)
+    assert (root / "engine" / "state.pt").read_bytes() == (engine / "state.pt").read_bytes()
     assert len((root / "engine" / "rounds.jsonl").read_text().splitlines()) == 2
     assert json.loads((root / "wandb" / LOGGED_ROUNDS_FILE).read_text()) == {"round": 1}
 
