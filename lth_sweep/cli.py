@@ -407,6 +407,9 @@ def fetch(path: str, out: Path, wandb_only: bool) -> None:
         click.echo(f"upload them with: wandb sync {shlex.quote(str(out))}/{WANDB_RUNS_GLOB}")
 
 
+DEBUG_ENV = "LTH_SWEEP_DEBUG"
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="lth-sweep", standalone_mode=False)
@@ -424,6 +427,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
+    except OSError as err:  # what the world did (storage unreachable, a disk gone): one line, naming what failed
+        if os.environ.get(DEBUG_ENV):
+            raise
+        what = f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err).splitlines()[0]
+        click.echo(f"lth-sweep: error: {what} (set {DEBUG_ENV}=1 for the traceback)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,15 @@ def test_unknown_uri_scheme(cli_here: Callable[..., Any], sweep_file: Path) -> N
     one_line_error(cli_here("status", "ftp://host/sweeps/imp"), 2, "ftp://", "s3://")
 
 
+def test_unreachable_storage_is_one_line(cli_here: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An S3 endpoint nobody answers (loopback port 9, refused at once): pyarrow's OSError becomes one line."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "fake")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake")
+    uri = "s3://bucket/sweeps/imp?endpoint_override=http://127.0.0.1:9&scheme=http&region=us-east-1"
+    for command in ("status", "resume", "report"):
+        one_line_error(cli_here(command, uri), 1, "bucket", "127.0.0.1:9")
+
+
 # ------------------------------------------------------------------------------------ while running
 
 
