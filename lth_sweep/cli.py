@@ -283,7 +283,7 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
            address: str | None, shared_storage: bool, verbose: bool) -> None:
     """Run a sweep: Ray Tune trials, each a full IMP schedule, searched by Optuna, logged to W&B."""
     from lth_sweep.config import parse_overrides
-    from lth_sweep.sweep.launch import prepare_launch
+    from lth_sweep.sweep.launch import check_cluster_storage, prepare_launch
     from lth_sweep.sweep.lock import driver_lock
     from lth_sweep.sweep.schema import load_sweep
 
@@ -291,6 +291,7 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
     if shared_storage:
         sweep.storage_shared = True
     spec = prepare_launch(sweep, experiment, storage, name, address)
+    check_cluster_storage(spec, address)
     with driver_lock(spec.experiment_dir):
         echo(f"# sweep {sweep.name}: {sweep.search.num_samples} trials, objective {sweep.objective.name}, "
              f"W&B {spec.wandb_mode} -> {spec.experiment_dir}")
@@ -304,7 +305,7 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
 @VERBOSE
 def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) -> None:
     """Continue an interrupted sweep; finished rounds are never recomputed."""
-    from lth_sweep.sweep.launch import check_resources, with_env_wandb_mode
+    from lth_sweep.sweep.launch import check_cluster_storage, check_resources, with_env_wandb_mode
     from lth_sweep.sweep.lock import driver_lock
     from lth_sweep.sweep.spec import load_spec
     from lth_sweep.sweep.status import sweep_status
@@ -313,6 +314,7 @@ def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) 
     if shared_storage:
         spec = spec.model_copy(update={"sweep": spec.sweep.model_copy(update={"storage_shared": True})})
     check_resources(spec.sweep.resources, address)
+    check_cluster_storage(spec, address)
     with driver_lock(spec.experiment_dir) as dead_driver:  # first: a sweep another driver runs is not finished
         status = sweep_status(spec.experiment_dir)
         if is_finished(status):

@@ -161,6 +161,22 @@ def test_an_expired_lease_is_taken_over(tmp_path: Path) -> None:
     taker.release()
 
 
+def test_a_lease_whose_driver_died_on_this_machine_is_taken_over_at_once(tmp_path: Path) -> None:
+    """A SIGKILLed driver on this host (its pid gone) need not be waited out; one on another host must be."""
+    clock = Clock()
+    dead = subprocess.Popen(["sleep", "0"])
+    dead.wait()  # a pid that has ended
+    (tmp_path / LEASE_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "owner": "x",
+                                                    "pid_start": "1", "expires_at": clock.now + 25}))
+    taker = make_lease(tmp_path, clock)
+    assert taker.acquire()["owner"] == "x"
+    taker.release()
+    (tmp_path / LEASE_FILE).write_text(json.dumps({"pid": dead.pid, "host": "another-host", "owner": "y",
+                                                    "expires_at": clock.now + 25}))
+    with pytest.raises(UserError, match="on host another-host"):
+        make_lease(tmp_path, clock).acquire()
+
+
 def test_a_rival_writing_between_write_and_read_back_wins(tmp_path: Path) -> None:
     """Two drivers that both found the lease free: the one whose write landed last keeps it, the other
     reads someone else's token back and exits 2."""

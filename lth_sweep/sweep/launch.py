@@ -176,10 +176,19 @@ def check_storage_reaches_every_node(spec: LaunchSpec, alive_nodes: int) -> None
                                  "every node (NFS) declared with --shared-storage (sweep key storage_shared: true)")
 
 
-def alive_nodes() -> int:
+def check_cluster_storage(spec: LaunchSpec, address: str | None) -> None:
+    """Before anything is written or launched: on a cluster, a local folder that is not declared shared is
+    refused when the cluster has more than one alive node (asks the cluster, then disconnects)."""
+    if not on_cluster(address) or storage.is_uri(spec.experiment_dir) or spec.sweep.storage_shared:
+        return
     import ray
 
-    return sum(1 for node in ray.nodes() if node["Alive"])
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    try:
+        alive = sum(1 for node in ray.nodes() if node["Alive"])
+    finally:
+        ray.shutdown()
+    check_storage_reaches_every_node(spec, alive)
 
 
 # ------------------------------------------------------------------------------------ commands
@@ -233,7 +242,6 @@ def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool
             warning = init_ray(address, spec)
             if warning:
                 terminal.line(f"lth-sweep: warning: {warning}")
-            check_storage_reaches_every_node(spec, alive_nodes())
             if not resume:
                 save_spec(spec)
             if resume:

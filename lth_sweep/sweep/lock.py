@@ -5,8 +5,8 @@ The kernel drops the lock when its driver dies, however it dies, so a killed dri
 over by the next `resume`.
 URI storage (no locks in object stores): a lease object `<sweep>/driver_lease.json` {pid, host, owner,
 started, expires_at} that a heartbeat thread renews every HEARTBEAT_S; a lease that has expired (its
-driver died more than LEASE_S ago) is taken over: write ours, wait a moment, read it back to confirm
-that no other driver wrote after us.
+driver died more than LEASE_S ago), or one whose driver ran on this machine and is gone, is taken over:
+write ours, wait a moment, read it back to confirm that no other driver wrote after us.
 """
 
 from __future__ import annotations
@@ -43,8 +43,27 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def process_start(pid: int) -> str | None:
+    """The start time of a live process (field 22 of /proc/PID/stat), None when there is none (or no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]
+
+
 def this_driver() -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso()}
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso(),
+            "pid_start": process_start(os.getpid())}
+
+
+def died_here(holder: dict[str, Any]) -> bool:
+    """A holder that ran on this machine and whose process is gone (or is another process now): its lease
+    need not be waited out."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    started = process_start(holder["pid"])
+    return started is None or (holder.get("pid_start") is not None and started != holder["pid_start"])
 
 
 def held_error(location: str, holder: dict[str, Any] | None, experiment_dir: str, extra: str = "") -> UserError:
@@ -133,7 +152,7 @@ class Lease:
 
     def live_rival(self, lease: dict[str, Any] | None) -> bool:
         return (lease is not None and lease.get("owner") != self.record["owner"]
-                and float(lease.get("expires_at", 0)) > self.clock())
+                and float(lease.get("expires_at", 0)) > self.clock() and not died_here(lease))
 
     def acquire(self) -> dict[str, Any] | None:
         """Takes the lease and starts the heartbeat; returns the expired lease it took over (else None)."""

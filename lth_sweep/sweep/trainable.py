@@ -179,11 +179,12 @@ def imp_trainable(params: dict[str, Any], spec: LaunchSpec) -> None:
             extra = {"objective": objective_value(records, sweep.objective, final), "rounds_done": len(records),
                      "config_hash": config_hash, "node_id": node_id, **best_by_validation(records)}
             tracker.log_round(record, extra)
+            if trained_now:  # after the round is safe in the shared store
+                mirror.engine_state()
+                append_ledger(spec.experiment_dir, config_hash, record["round"], context.get_trial_id(), node_id)
             if len(records) <= reported:
                 return  # Tune has this round already (restored from its checkpoint)
-            mirror.engine_state()
-            if trained_now:  # after the round is safe in the shared store
-                append_ledger(spec.experiment_dir, config_hash, record["round"], context.get_trial_id(), node_id)
+            mirror.engine_state()  # sends only what changed
             mirror.wandb_runs()
             if tracker.notices:  # for the driver's terminal (a worker's own output goes to the driver's log)
                 extra["notice"] = "; ".join(tracker.notices)
