@@ -140,23 +140,25 @@ def run_cli(cli_cwd: Path) -> Callable[..., CliResult]:
     return run
 
 
-@pytest.fixture
-def cli_here(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
-    """cli_here("run", ...) -> result of lth_sweep.cli.main in this process (exit code from SystemExit): the
-    same code and exit codes as the `lth-sweep` command, without a process that imports torch again."""
+def main_here(capsys: pytest.CaptureFixture[str], *args: str | Path) -> CliResult:
+    """`lth-sweep ARGS` through lth_sweep.cli.main in this process (the exit code from SystemExit): the same code
+    and exit codes as the command, without a process that imports torch again."""
     from lth_sweep.cli import main
 
-    def run(*args: str | Path) -> CliResult:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        captured = capsys.readouterr()
-        return CliResult(code, captured.out, captured.err)
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return CliResult(code, captured.out, captured.err)
 
-    return run
+
+@pytest.fixture
+def cli_here(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """cli_here("run", ...) -> main_here(capsys, "run", ...)."""
+    return lambda *args: main_here(capsys, *args)
 
 
 @pytest.fixture(scope="session")

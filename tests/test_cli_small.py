@@ -8,35 +8,19 @@ import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 import sweep_helpers as h
+from conftest import main_here
 
-from lth_sweep.cli import cli, main
+from lth_sweep.cli import cli
 from lth_sweep.sweep.launch import prepare_launch
 from lth_sweep.sweep.schema import load_sweep
 
 
-class Outcome(NamedTuple):
-    code: int
-    out: str
-    err: str
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *args: str | Path) -> Outcome:
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return Outcome(code, captured.out, captured.err)
-
-
 def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_main(capsys, "--version")
+    result = main_here(capsys, "--version")
     assert result == (0, f"lth-sweep {importlib.metadata.version('lth-sweep')}\n", "")
 
 
@@ -49,13 +33,13 @@ def test_bare_command_prints_its_help_and_exits_0() -> None:
 def test_command_listing_shows_each_first_sentence_whole(capsys: pytest.CaptureFixture[str],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "70")  # a narrow terminal: click would cut the help to fit
-    result = run_main(capsys, "--help")
-    assert result.code == 0
-    listing = " ".join(result.out.split("Commands:")[1].split())
-    assert "..." not in listing, result.out
+    result = main_here(capsys, "--help")
+    assert result.returncode == 0
+    listing = " ".join(result.stdout.split("Commands:")[1].split())
+    assert "..." not in listing, result.stdout
     for name, command in cli.commands.items():
         first_sentence = " ".join((command.help or "").split()).split(". ")[0]
-        assert f"{name} {first_sentence}" in listing, f"{name}: {first_sentence!r} not whole in\n{result.out}"
+        assert f"{name} {first_sentence}" in listing, f"{name}: {first_sentence!r} not whole in\n{result.stdout}"
 
 
 # ------------------------------------------------------------------------------------ storage: in a sweep file
@@ -105,10 +89,10 @@ def test_run_refuses_a_non_empty_folder_that_holds_no_trial(capsys: pytest.Captu
     out = tmp_path / "thesis"
     out.mkdir()
     (out / "chapter1.tex").write_text("precious")
-    result = run_main(capsys, "run", write_config(), "--out", out)
-    assert result.code == 2, result
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and "--out" in lines[0] and str(out) in lines[0] and "Traceback" not in result.err
+    result = main_here(capsys, "run", write_config(), "--out", out)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--out" in lines[0] and str(out) in lines[0] and "Traceback" not in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["chapter1.tex"]
 
 
@@ -117,7 +101,7 @@ def test_run_accepts_an_empty_folder_and_resumes_its_own(capsys: pytest.CaptureF
     out = tmp_path / "empty"
     out.mkdir()
     config = write_config()
-    first = run_main(capsys, "run", config, "--out", out, "--set", "prune.rounds=1")
-    assert first.code == 0, first
-    again = run_main(capsys, "run", config, "--out", out, "--set", "prune.rounds=1")  # a trial's folder: resumes
-    assert again.code == 0, again
+    first = main_here(capsys, "run", config, "--out", out, "--set", "prune.rounds=1")
+    assert first.returncode == 0, first
+    again = main_here(capsys, "run", config, "--out", out, "--set", "prune.rounds=1")  # a trial's folder: resumes
+    assert again.returncode == 0, again

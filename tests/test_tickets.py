@@ -19,11 +19,10 @@ from typing import Any
 import pytest
 import sweep_helpers as h
 import torch
-from conftest import CliResult, read_rounds
+from conftest import CliResult, main_here, read_rounds
 
 from lth_sweep import storage
 from lth_sweep.checkpoint import load_torch
-from lth_sweep.cli import main
 from lth_sweep.config import MODELS, ExperimentConfig, build_experiment, load_experiment
 from lth_sweep.engine.data import DatasetSplits
 from lth_sweep.engine.lottery import PER_REPLICATE_METRICS, Trial
@@ -184,18 +183,6 @@ def test_retraining_reproduces_the_round_exactly(run_dir: Path, tmp_path: Path, 
     assert read_rounds(tmp_path / "retrained") == [record]
     again = Retraining(path, tmp_path / "retrained")  # finished: read back, not retrained
     assert again.records() == [record] and again.run() == record
-
-
-def main_here(capsys: pytest.CaptureFixture[str], *args: str | Path) -> CliResult:
-    """`lth-sweep ARGS` through lth_sweep.cli.main in this process (the exit code from SystemExit)."""
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return CliResult(code, captured.out, captured.err)
 
 
 def test_bad_input_is_refused(capsys: pytest.CaptureFixture[str], run_dir: Path, tmp_path: Path,
