@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -228,7 +229,7 @@ def say_twice(text: str) -> None:
 
 def stop_unfinished(spec: LaunchSpec, failed: bool = False) -> None:
     say_twice(f"the sweep is not finished{' (some trials failed)' if failed else ''}; "
-              f"continue it with: lth-sweep resume {spec.experiment_dir}")
+              f"continue it with: lth-sweep resume {shlex.quote(spec.experiment_dir)}")
     sys.exit(1 if failed else 130)
 
 

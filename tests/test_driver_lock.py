@@ -21,7 +21,7 @@ import pytest
 import sweep_helpers as h
 
 from lth_sweep.errors import UserError
-from lth_sweep.sweep.lock import LEASE_FILE, LOCK_FILE, Lease, LocalLock, driver_lock
+from lth_sweep.sweep.lock import LEASE_FILE, LOCK_FILE, Lease, LocalLock, driver_lock, held_error
 
 NUM_SAMPLES, ROUNDS = 2, 3
 
@@ -239,3 +239,10 @@ def test_driver_lock_uses_a_lease_for_uris(tmp_path: Path, monkeypatch: pytest.M
     with driver_lock("mock://bucket/sweeps/imp"):
         assert made and made[0].read()["owner"] == made[0].record["owner"]
     assert made[0].read() is None
+
+
+def test_the_resume_command_in_the_message_is_quoted_for_the_shell() -> None:
+    """A URI's query holds '&': printed bare, the shell would cut the command there."""
+    uri = "s3://b/sweeps/imp?endpoint_override=http://127.0.0.1:9000&scheme=http"
+    error = held_error(uri + "/driver_lease.json", {"pid": 1, "host": "h", "started": "t"}, uri)
+    assert f"lth-sweep resume '{uri}'" in error.message

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import tempfile
 import time
@@ -208,7 +209,8 @@ def prepare_launch(sweep: SweepConfig, experiment: dict[str, Any], storage_locat
     experiment_dir = storage.join(root, sweep.name)
     if storage.exists(storage.join(experiment_dir, SPEC_FILE)):
         raise UserError("--name", f"a sweep named '{sweep.name}' already exists at {experiment_dir}; "
-                                  f"continue it with: lth-sweep resume {experiment_dir} (or pick another --name)")
+                                  f"continue it with: lth-sweep resume {shlex.quote(experiment_dir)} "
+                                  "(or pick another --name)")
     spec = LaunchSpec(sweep=sweep, experiment=experiment, experiment_dir=experiment_dir,
                       wandb_mode=resolve_mode(sweep.wandb.mode))
     check_new_study(spec)

@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import shlex
 import socket
 import threading
 import time
@@ -71,7 +72,7 @@ def held_error(location: str, holder: dict[str, Any] | None, experiment_dir: str
     who = (f"pid {holder.get('pid')} on host {holder.get('host')} (since {holder.get('started')})"
            if holder else "another lth-sweep driver")
     return UserError(location, f"this sweep is being run by {who}{extra}; wait for it to end or stop it, "
-                               f"then continue with: lth-sweep resume {experiment_dir}")
+                               f"then continue with: lth-sweep resume {shlex.quote(experiment_dir)}")
 
 
 class LocalLock:
