@@ -114,12 +114,13 @@ def _missing(folder: Path, names: tuple[str, ...]) -> list[str]:
     return [name for name in names if not (folder / name).is_file()]
 
 
-def _check_files(folder: Path, names: tuple[str, ...], download: bool) -> None:
-    """Raise a one-line UserError before torchvision gets a chance to print its own."""
-    if download:
-        return
+def _ensure_files(folder: Path, names: tuple[str, ...], download: bool, fetch: Callable[[], object]) -> None:
+    """The dataset's files are in `folder`: downloaded when missing and asked for, else a one-line UserError
+    before torchvision gets a chance to print its own."""
     missing = _missing(folder, names)
-    if missing:
+    if missing and download:
+        _download(fetch, folder, names)
+    elif missing:
         raise UserError("dataset.root", f"missing {', '.join(missing)} in {folder}; put the files there "
                                         "or set dataset.download: true")
 
@@ -152,9 +153,7 @@ def _load_mnist_like(name: str, root: Path, download: bool) -> tuple[torch.Tenso
 
     cls = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
     folder = root / cls.__name__ / "raw"
-    _check_files(folder, MNIST_FILES, download)
-    if download and _missing(folder, MNIST_FILES):
-        _download(lambda: cls(root=root, train=True, download=True), folder, MNIST_FILES)
+    _ensure_files(folder, MNIST_FILES, download, lambda: cls(root=root, train=True, download=True))
     out = []
     for train in (True, False):
         ds = cls(root=root, train=train, download=False)
@@ -165,9 +164,7 @@ def _load_mnist_like(name: str, root: Path, download: bool) -> tuple[torch.Tenso
 def _load_cifar10(root: Path, download: bool) -> tuple[torch.Tensor, ...]:
     cifar10 = _cifar10_class()
     folder = root / cifar10.base_folder
-    _check_files(folder, CIFAR10_FILES, download)
-    if download and _missing(folder, CIFAR10_FILES):
-        _download(lambda: cifar10(root=root, train=True, download=True), folder, CIFAR10_FILES)
+    _ensure_files(folder, CIFAR10_FILES, download, lambda: cifar10(root=root, train=True, download=True))
     out = []
     for train in (True, False):
         ds = cifar10(root=root, train=train, download=False)
