@@ -127,7 +127,7 @@ def test_phase_trainer_keeps_pruned_weights_exactly_zero(make_config: MakeConfig
     gen = torch.Generator().manual_seed(4)
     masks = {n: torch.rand(p.shape, generator=gen) < 0.5 for n, p in pop.prunable().items()}
     trainer = PhaseTrainer(config, mnist1d, pop, masks, [0, 1])  # weights are NOT pre-masked here
-    trainer.run(0, EarlyStop.fresh(2), lambda _next, _stop: None, rewind_at=None)
+    trainer.run(0, EarlyStop.fresh(2), lambda _next, _stop: None, )
     for name, mask in masks.items():
         w = pop.params[name].detach()
         assert (w[~mask] == 0).all(), f"{name}: pruned weights moved off zero"

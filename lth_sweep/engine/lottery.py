@@ -1,5 +1,8 @@
 """One IMP trial: train dense, prune, rewind, retrain, for `prune.rounds` rounds, resumable at any time.
 
+`Trial` holds one config's files, state and set-up; the schedule itself is `engine/pack.py`'s (a trial alone
+is a pack of one, and a trial in a pack writes exactly what it writes alone).
+
 What is rewound at the start of round r >= 1: every parameter (pruned ones stay zero under the new mask)
 and every BatchNorm running statistic, to their values after `rewind` iterations of round 0; the
 iteration counter, so the learning-rate schedule resumes at the rewind point; and the data order (a
@@ -30,7 +33,6 @@ from __future__ import annotations
 import functools
 import json
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ from lth_sweep.engine import pruning, stability
 from lth_sweep.engine.data import DatasetSplits, load_dataset
 from lth_sweep.engine.models import build_model
 from lth_sweep.engine.population import Population
-from lth_sweep.engine.train import EarlyStop, Evaluation, PhaseResult, PhaseTrainer, derived_seed
+from lth_sweep.engine.train import EarlyStop, Evaluation, PhaseResult, derived_seed
 from lth_sweep.errors import UserError
 
 STATE_FORMAT = 1
@@ -132,18 +134,16 @@ def summarize_phase(metrics: dict[str, list[Any]]) -> dict[str, Any]:
     return out
 
 
-def ticket_members(pop: Population, replicates: int) -> Population:
-    """The replicates of a phase's population, without their stability copies."""
-    return pop if pop.size == replicates else pop.members(0, replicates)
-
-
-def first_members(result: PhaseResult, replicates: int) -> PhaseResult:
-    """The replicates' results, without their stability copies'."""
+def replicate_result(result: PhaseResult, rows: list[int]) -> PhaseResult:
+    """The results of the rows `rows` of a phase (a member's replicates, without their stability copies)."""
     stop = result.early_stop
-    return PhaseResult(result.val_acc[:replicates], result.val_loss[:replicates], result.test_acc[:replicates],
-                       result.train_loss[:replicates],
-                       EarlyStop(stop.val_loss_min[:replicates], stop.iteration[:replicates],
-                                 stop.test_acc[:replicates]), result.samples, result.stability_path)
+
+    def pick(values: list[Any]) -> list[Any]:
+        return [values[r] for r in rows]
+
+    return PhaseResult(pick(result.val_acc), pick(result.val_loss), pick(result.test_acc), pick(result.train_loss),
+                       EarlyStop(pick(stop.val_loss_min), pick(stop.iteration), pick(stop.test_acc)),
+                       result.samples, result.stability_path)
 
 
 class Trial:
@@ -241,13 +241,24 @@ class Trial:
 
     # ----------------------------------------------------------------------------- the schedule
 
+    @functools.cached_property
+    def rewind_at(self) -> int:
+        """The iteration rounds >= 1 rewind to (round 0 saves its weights just before it)."""
+        return self.config.rewind_iteration(len(self.data.train_x) // self.config.train.batch_size)
+
     def run(self) -> list[dict[str, Any]]:
+        from lth_sweep.engine.pack import Pack  # the schedule itself: a trial alone is a pack of one
+
+        return Pack([self]).run()[0]
+
+    def prepare(self) -> dict[str, Any]:
+        """The state to continue from (a new one, saved, if none): checks the experiment and writes
+        config.yaml and rounds.jsonl first; a finished trial is only checked against its directory."""
         config = self.config
-        torch.set_num_threads(config.runtime.threads)
         state = load_torch(self.state_path) if self.state_path.exists() else None
         if state is not None and state["round"] >= config.prune.rounds:
             self.write_records(state["records"])
-            return state["records"][:config.prune.rounds]
+            return state
         if state is not None and state["round"] > 0 and state.get("pruned_at") is None:
             raise UserError("--out", f"{self.state_path} was written by an older lth-sweep that kept no mask "
                                      "history; it cannot be continued: choose another --out")
@@ -258,30 +269,15 @@ class Trial:
             state = self.new_state()
             self.save(state)
         self.write_records(state["records"])
-        while state["round"] < config.prune.rounds:
-            self.run_round(state)
-        return state["records"]
+        return state
 
-    def run_round(self, state: dict[str, Any]) -> None:
-        round_index = state["round"]
-        started = time.perf_counter() - state["elapsed"]
-        with_control = self.config.control != "none" and round_index > 0
-        if state["phase"] == "ticket":
-            result, pop = self.run_phase(state, "ticket", started)
-            # after the last round too: a finished trial can be extended with more rounds
-            pruned = {n: m.cpu() for n, m in next_masks(self.config, pop, self.round_masks(state, pop)).items()}
-            state.update(ROUND_START, phase="control", ticket=phase_metrics(result), samples=result.samples,
-                         next_masks=pruned, pruned_at=record_pruning(state.get("pruned_at"), pruned, round_index + 1),
-                         elapsed=time.perf_counter() - started)
-            if with_control:
-                self.save(state)
-        control = None
-        if with_control:
-            result, _ = self.run_phase(state, "control", started)
-            control = phase_metrics(result)
-            state["samples"] += result.samples
-        record = self.make_record(state, control, time.perf_counter() - started)
-        state.update(ROUND_START, records=[*state["records"], record], round=round_index + 1,
+    def save_rewind(self, snapshot: dict[str, torch.Tensor]) -> None:
+        save_torch(self.rewind_path, {n: t.cpu() for n, t in snapshot.items()})
+
+    def finish_round(self, state: dict[str, Any], control: dict[str, list[Any]] | None) -> None:
+        """Records the round (its ticket in `state`, its control if it had one) and moves on to the next."""
+        record = self.make_record(state, control, state["elapsed"])
+        state.update(ROUND_START, records=[*state["records"], record], round=state["round"] + 1,
                      masks=state["next_masks"], next_masks=None, ticket=None, samples=0)
         self.save(state)
         self.write_records(state["records"])
@@ -340,55 +336,3 @@ class Trial:
             pop = pop.tiled(2)
         pop.load({n: t.to(self.device) for n, t in {**state["params"], **state["buffers"]}.items()})
         return pop, {n: m.to(self.device) for n, m in state["phase_masks"].items()}
-
-    def run_phase(self, state: dict[str, Any], phase: str, started: float) -> tuple[PhaseResult, Population]:
-        config = self.config
-        rewind_at = config.rewind_iteration(len(self.data.train_x) // config.train.batch_size)
-        phase_start = 0 if state["round"] == 0 else rewind_at
-        if state["iteration"] is None:
-            pop, masks = self.start_population(state, phase)
-            if config.stability.points:
-                pop, masks = stability.with_copies(pop, masks)
-            start, early_stop = phase_start, EarlyStop.fresh(pop.size)
-        else:
-            pop, masks = self.resume_population(state)
-            start, early_stop = state["iteration"], EarlyStop(**state["early_stop"])
-        copies = stability.copy_seeds(self.seeds) if config.stability.points else None
-        trainer = PhaseTrainer(config, self.data, pop, masks, self.seeds, copies, fork_at=rewind_at)
-        if state["iteration"] is not None:
-            trainer.optimizer.load_state_dict(
-                {k: [t.to(self.device) for t in v] for k, v in state["optimizer"].items()})
-        cpu_masks = {n: m.cpu() for n, m in masks.items()}
-
-        def save_progress(next_iteration: int, stop: EarlyStop) -> None:
-            if not config.runtime.checkpoint_every_epoch:
-                return
-            state.update(
-                phase=phase, iteration=next_iteration, phase_masks=cpu_masks,
-                params={n: p.detach().cpu() for n, p in pop.params.items()},
-                buffers={n: b.cpu() for n, b in pop.buffers.items()},
-                optimizer=trainer.optimizer.state_dict(),
-                early_stop={"val_loss_min": stop.val_loss_min, "iteration": stop.iteration,
-                            "test_acc": stop.test_acc},
-                elapsed=time.perf_counter() - started,
-            )
-            self.save(state)
-
-        def save_rewind_point() -> None:
-            snapshot = ticket_members(pop, len(self.seeds)).snapshot()
-            save_torch(self.rewind_path, {n: t.cpu() for n, t in snapshot.items()})
-
-        def report_eval(evaluation: Evaluation) -> None:
-            if self.on_eval is not None:  # the replicates' values, not their stability copies'
-                k = len(self.seeds)
-                self.on_eval(state["round"], phase, Evaluation(evaluation.iteration, evaluation.val_loss[:k],
-                                                               evaluation.val_acc[:k],
-                                                               {n: v[:k] for n, v in evaluation.extras.items()}))
-
-        rewind_in_this_phase = rewind_at if state["round"] == 0 else None
-        trainer.run(start, early_stop, save_progress, report_eval, rewind_in_this_phase, save_rewind_point)
-        result = trainer.finish(early_stop)
-        result.samples = (trainer.total - phase_start) * config.train.batch_size * pop.size
-        if config.stability.points:
-            result.stability_path = stability.stability_path(config, self.data, pop, trainer.autocast)
-        return first_members(result, len(self.seeds)), ticket_members(pop, len(self.seeds))

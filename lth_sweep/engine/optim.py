@@ -1,45 +1,84 @@
-"""SGD and Adam over stacked tensors through PyTorch's fused kernels, with the learning rate as a tensor.
+"""SGD and Adam over stacked tensors, with the learning rate as a tensor on the parameters' device.
 
-They are torch.optim.SGD (momentum, L2 weight decay, no dampening) and torch.optim.Adam (L2 weight
-decay, bias correction) with `fused=True`: one pass over parameters, gradients and state per step,
-which matters once K stacked replicates no longer fit in the CPU's caches. The learning rate and
-Adam's step count live on the parameters' device, so a CUDA graph can capture the whole step and the
-schedule can change the rate between replays.
+Two implementations of the same update, torch.optim.SGD (momentum, L2 weight decay, no dampening) and
+torch.optim.Adam (L2 weight decay, bias correction):
+- `SGD`, `Adam`: PyTorch's fused kernels (`fused=True`), one pass over parameters, gradients and state per
+  step, which matters once K stacked replicates no longer fit in the CPU's caches. Every row (replicate)
+  shares one learning rate, momentum, weight decay and Adam step count.
+- `RowSGD`, `RowAdam`: the same update written with broadcast tensor ops, where each row has its own
+  learning rate, momentum, weight decay and Adam step count ([K] tensors): the members of a pack (different
+  configs stacked in one population, some starting later than others). Still no host sync, so a CUDA graph
+  captures the whole step and the rates can change between replays.
+Both keep their state as lists of [K, ...] tensors; the step counts are saved per row in either.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
 Tensors = list[torch.Tensor]
 
 
-class StackedOptimizer:
-    def __init__(self, params: Tensors, lr: float, weight_decay: float) -> None:
-        self.params = params
-        self.weight_decay = weight_decay
-        self.lr = torch.tensor(lr, dtype=torch.float32, device=params[0].device)
+def _rows(values: Sequence[float], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return torch.tensor(list(values), dtype=dtype or like.dtype, device=like.device)
 
-    def set_lr(self, value: float) -> None:
-        self.lr.fill_(value)
+
+def _per_row(values: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """[K] -> [K, 1, ..., 1], broadcasting against a [K, ...] parameter."""
+    return values.view(-1, *[1] * (param.dim() - 1))
+
+
+class StackedOptimizer:
+    state_names: tuple[str, ...] = ()
+
+    def __init__(self, params: Tensors) -> None:
+        self.params = params
+        self.rows = params[0].shape[0]
+
+    def set_lr(self, value: float | torch.Tensor) -> None:
+        """One rate for every row (a float), or one per row (a [K] tensor) for the per-row optimizers."""
+        if isinstance(value, torch.Tensor):
+            self.lr.copy_(value)
+        else:
+            self.lr.fill_(value)
 
     def state_dict(self) -> dict[str, Tensors]:
-        return {name: [t.clone() for t in getattr(self, name)] for name in self.state_names}
+        state = {name: [t.clone() for t in getattr(self, name)] for name in self.state_names}
+        if "steps" in state:  # saved per row, whichever implementation wrote them
+            state["steps"] = [self.row_steps().clone()]
+        return state
 
     def load_state_dict(self, state: dict[str, Tensors]) -> None:
         for name, tensors in state.items():
+            if not getattr(self, name) or not tensors:
+                continue  # momentum buffers that one side keeps and the other does not need (momentum 0)
+            if name == "steps":
+                self.load_steps(tensors[0])
+                continue
             for mine, saved in zip(getattr(self, name), tensors, strict=True):
                 mine.copy_(saved)
 
-    state_names: tuple[str, ...] = ()
+    def row_steps(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def load_steps(self, saved: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def restart_rows(self, rows: list[int]) -> None:
+        """Rows that start training now get a fresh optimizer (zero momentum, zero moments, step 0)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps one state for all rows; use the per-row optimizer")
 
 
 class SGD(StackedOptimizer):
     state_names = ("buffers",)
 
     def __init__(self, params: Tensors, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
-        super().__init__(params, lr, weight_decay)
+        super().__init__(params)
+        self.lr = torch.tensor(lr, dtype=torch.float32, device=params[0].device)
         self.momentum = momentum
+        self.weight_decay = weight_decay
         self.buffers = [torch.zeros_like(p) for p in params] if momentum else []
 
     @torch.no_grad()
@@ -54,12 +93,22 @@ class Adam(StackedOptimizer):
 
     def __init__(self, params: Tensors, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
-        super().__init__(params, lr, weight_decay)
+        super().__init__(params)
+        self.lr = torch.tensor(lr, dtype=torch.float32, device=params[0].device)
         self.beta1, self.beta2 = betas
         self.eps = eps
+        self.weight_decay = weight_decay
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         self.steps = [torch.zeros((), dtype=torch.float32, device=params[0].device)]
+
+    def row_steps(self) -> torch.Tensor:
+        return self.steps[0].expand(self.rows)
+
+    def load_steps(self, saved: torch.Tensor) -> None:
+        if saved.dim() and not bool((saved == saved[0]).all()):
+            raise ValueError("the saved Adam step counts differ between rows; load them into RowAdam")
+        self.steps[0].copy_(saved.flatten()[0] if saved.dim() else saved)
 
     @torch.no_grad()
     def step(self, grads: Tensors) -> None:
@@ -69,7 +118,91 @@ class Adam(StackedOptimizer):
                            eps=self.eps, amsgrad=False, maximize=False)
 
 
-def build_optimizer(name: str, params: Tensors, lr: float, momentum: float, weight_decay: float) -> StackedOptimizer:
+class RowSGD(StackedOptimizer):
+    """SGD with its own learning rate, momentum and weight decay per row."""
+
+    state_names = ("buffers",)
+
+    def __init__(self, params: Tensors, lr: Sequence[float], momentum: Sequence[float],
+                 weight_decay: Sequence[float]) -> None:
+        super().__init__(params)
+        first = params[0]
+        self.lr = _rows(lr, first, torch.float32)  # as the fused kernels hold it
+        self.momentum = _rows(momentum, first)
+        self.weight_decay = _rows(weight_decay, first)
+        self.decays = any(weight_decay)
+        self.buffers = [torch.zeros_like(p) for p in params]
+
+    def restart_rows(self, rows: list[int]) -> None:
+        with torch.no_grad():
+            for buffer in self.buffers:
+                buffer[rows] = 0
+
+    @torch.no_grad()
+    def step(self, grads: Tensors) -> None:
+        for p, g, buf in zip(self.params, grads, self.buffers, strict=True):
+            if self.decays:
+                g = g + _per_row(self.weight_decay, p) * p
+            buf.mul_(_per_row(self.momentum, p)).add_(g)  # zero buffer: the first step is buf = grad
+            p.sub_(_per_row(self.lr.to(p.dtype), p) * buf)
+
+
+class RowAdam(StackedOptimizer):
+    """Adam with its own learning rate, weight decay and step count per row (betas and eps are shared)."""
+
+    state_names = ("exp_avg", "exp_avg_sq", "steps")
+
+    def __init__(self, params: Tensors, lr: Sequence[float], weight_decay: Sequence[float],
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        super().__init__(params)
+        first = params[0]
+        self.lr = _rows(lr, first, torch.float32)  # as the fused kernels hold it
+        self.weight_decay = _rows(weight_decay, first)
+        self.decays = any(weight_decay)
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.steps = [torch.zeros(self.rows, dtype=torch.float32, device=first.device)]
+
+    def row_steps(self) -> torch.Tensor:
+        return self.steps[0]
+
+    def load_steps(self, saved: torch.Tensor) -> None:
+        self.steps[0].copy_(saved.expand(self.rows) if saved.dim() == 0 else saved)
+
+    def restart_rows(self, rows: list[int]) -> None:
+        with torch.no_grad():
+            for state in (*self.exp_avg, *self.exp_avg_sq, *self.steps):
+                state[rows] = 0
+
+    @torch.no_grad()
+    def step(self, grads: Tensors) -> None:
+        steps = self.steps[0]
+        steps.add_(1)
+        # the bias corrections in double precision, as the fused kernels compute them
+        step_size = self.lr.double() / (1 - torch.pow(self.beta1, steps.double()))
+        bias2_sqrt = (1 - torch.pow(self.beta2, steps.double())).sqrt()
+        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq, strict=True):
+            if self.decays:
+                g = g + _per_row(self.weight_decay, p) * p
+            m.lerp_(g, 1 - self.beta1)
+            v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
+            denom = (v.sqrt() / _per_row(bias2_sqrt.to(p.dtype), p)).add_(self.eps)
+            p.sub_(_per_row(step_size.to(p.dtype), p) * m / denom)
+
+
+def build_optimizer(name: str, params: Tensors, lr: float | Sequence[float], momentum: float | Sequence[float],
+                    weight_decay: float | Sequence[float], per_row: bool = False) -> StackedOptimizer:
+    """The fused optimizer when every row shares its settings (floats); the per-row one when they are given per
+    row (sequences of K values) or `per_row` asks for it (rows that start late need their own step counts)."""
+    values = [lr, momentum, weight_decay]
+    if not per_row and all(isinstance(v, int | float) for v in values):
+        if name == "sgd":
+            return SGD(params, lr, momentum=momentum, weight_decay=weight_decay)
+        return Adam(params, lr, weight_decay=weight_decay)
+    rows = params[0].shape[0]
+    lr, momentum, weight_decay = ([float(v)] * rows if isinstance(v, int | float) else list(v) for v in values)
     if name == "sgd":
-        return SGD(params, lr, momentum=momentum, weight_decay=weight_decay)
-    return Adam(params, lr, weight_decay=weight_decay)
+        return RowSGD(params, lr, momentum, weight_decay)
+    return RowAdam(params, lr, weight_decay)

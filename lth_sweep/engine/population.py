@@ -93,6 +93,30 @@ class Population:
         return Population(self.template, {n: p[start:stop] for n, p in self.params.items()},
                           {n: b[start:stop] for n, b in self.buffers.items()}, self.prunable_kinds)
 
+    def rows(self, indices: list[int]) -> Population:
+        """The members at `indices`, copied (any order; for analysis after training)."""
+        return Population(self.template, {n: p.detach()[indices] for n, p in self.params.items()},
+                          {n: b[indices] for n, b in self.buffers.items()}, self.prunable_kinds)
+
+    @classmethod
+    def concat(cls, parts: list[Population]) -> Population:
+        """One population holding the members of `parts`, in order (same network in each part)."""
+        if len(parts) == 1:
+            return parts[0]
+        params = {n: torch.cat([part.params[n].detach() for part in parts]).requires_grad_(True)
+                  for n in parts[0].params}
+        buffers = {n: torch.cat([part.buffers[n] for part in parts]) for n in parts[0].buffers}
+        return cls(parts[0].template, params, buffers, parts[0].prunable_kinds)
+
+    def rows_state(self, indices: list[int]) -> State:
+        """A detached copy of the parameters and buffers of the members at `indices`."""
+        return {n: t.detach()[indices].clone() for n, t in {**self.params, **self.buffers}.items()}
+
+    def load_rows(self, indices: list[int], state: State) -> None:
+        with torch.no_grad():
+            for name, tensor in {**self.params, **self.buffers}.items():
+                tensor[indices] = state[name]
+
     def apply_masks(self, masks: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for name, mask in masks.items():

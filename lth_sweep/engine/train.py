@@ -78,6 +78,51 @@ class Evaluation:
     extras: dict[str, list[float]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RowSettings:
+    """What may differ between the rows of one population (the members of a pack): each row's experiment, for
+    its learning-rate schedule, momentum and weight decay, and the first iteration it trains."""
+
+    configs: list[ExperimentConfig]
+    starts: list[int]
+    per_row: bool = False  # each row its own optimizer state even when the settings agree
+
+    @property
+    def per_row_state(self) -> bool:
+        """Whether rows need their own optimizer step counts (some start later, or `per_row` says so)."""
+        return self.per_row or len(set(self.starts)) > 1
+
+    def optimizer_values(self) -> tuple[float | list[float], ...]:
+        """(lr, momentum, weight decay): a float each when every row agrees, else one value per row."""
+        columns = ([c.train.lr for c in self.configs], [c.train.momentum for c in self.configs],
+                   [c.train.weight_decay for c in self.configs])
+        return tuple(col[0] if len(set(col)) == 1 else col for col in columns)
+
+    def lr_change_points(self) -> set[int]:
+        """Iterations at which some row's learning rate may change (warmup steps, milestones)."""
+        points: set[int] = set()
+        for config in {c.train.schedule.model_dump_json(): c for c in self.configs}.values():
+            points.update(range(config.train.schedule.warmup + 1), config.train.schedule.milestones)
+        return points
+
+    def learning_rates(self, iteration: int) -> float | tuple[float, ...]:
+        """The rate of step `iteration`: one float when every row has the same, else one per row."""
+        rates = tuple(learning_rate(c, iteration) for c in self.configs)
+        return rates[0] if len(set(rates)) == 1 else rates
+
+    def late_starts(self, start: int) -> dict[int, list[int]]:
+        """Rows that start after `start`, by their first iteration."""
+        late: dict[int, list[int]] = {}
+        for row, first in enumerate(self.starts):
+            if first > start:
+                late.setdefault(first, []).append(row)
+        return late
+
+    def active(self, iteration: int) -> list[bool]:
+        """Whether each row has trained by `iteration` steps (a row that starts later is not measured yet)."""
+        return [first < iteration for first in self.starts]
+
+
 @torch.inference_mode()
 def evaluate(pop: Population, x: torch.Tensor, y: torch.Tensor, autocast) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean loss and accuracy per replicate on (x, y), in large chunks shared by all replicates."""
@@ -126,15 +171,18 @@ class PhaseTrainer:
 
     def __init__(self, config: ExperimentConfig, data: DatasetSplits, pop: Population,
                  masks: dict[str, torch.Tensor], seeds: list[int], copy_seeds: list[int] | None = None,
-                 fork_at: int = 0) -> None:
-        """`seeds` give the data order of members 0..K-1; `copy_seeds`, when given, that of members K..2K-1
-        (the stability copies) from iteration `fork_at` on; before it, copy k sees member k's batches."""
+                 fork_at: int | list[int] = 0, rows: RowSettings | None = None) -> None:
+        """`seeds` give the data order of rows 0..K-1; `copy_seeds`, when given, that of rows K..2K-1 (the
+        stability copies) from iteration `fork_at` (one for all, or one per copy) on; before it, copy k sees
+        row k's batches. `rows` (a pack of different configs) gives each row its own optimizer settings and
+        first iteration; without it every row follows `config`."""
         self.config = config
         self.data = data
         self.pop = pop
         self.seeds = seeds
         self.copy_seeds = copy_seeds or []
-        self.fork_at = fork_at
+        self.fork_at = fork_at if isinstance(fork_at, list) else [fork_at] * len(self.copy_seeds)
+        self.rows = rows or RowSettings([config] * pop.size, [0] * pop.size)
         self.batch_size = config.train.batch_size
         self.steps_per_epoch = len(data.train_x) // self.batch_size
         self.total = config.iterations_per_round(self.steps_per_epoch)
@@ -142,8 +190,9 @@ class PhaseTrainer:
         self.masked_params = [pop.params[n] for n in masks]
         self.masks = [m.to(pop.params[n].dtype) for n, m in masks.items()]
         params = list(pop.params.values())
-        t = config.train
-        self.optimizer: StackedOptimizer = build_optimizer(t.optimizer, params, t.lr, t.momentum, t.weight_decay)
+        self.optimizer: StackedOptimizer = build_optimizer(
+            config.train.optimizer, params, *self.rows.optimizer_values(), per_row=self.rows.per_row_state)
+        self.lr_changes = self.rows.lr_change_points()
         cuda = pop.device.type == "cuda"
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = config.runtime.tf32
@@ -164,7 +213,7 @@ class PhaseTrainer:
         self.static_shifts = torch.zeros(k, self.batch_size, 2, dtype=torch.long, device=pop.device)
         self.static_flips = torch.zeros(k, self.batch_size, dtype=torch.bool, device=pop.device)
         self.loss_sum = torch.zeros(k, device=pop.device)
-        self.loss_steps = 0
+        self.loss_steps = torch.zeros(k, device=pop.device)
 
     # ----------------------------------------------------------------------------------- data
 
@@ -182,8 +231,8 @@ class PhaseTrainer:
         """Batch indices [steps, K, B] and augmentation draws for one epoch, from the seeds alone."""
         members = [self.member_order(seed, epoch) for seed in self.seeds]
         steps = self.steps_per_epoch
-        before_fork = (epoch * steps + torch.arange(steps)) < self.fork_at
         for k, seed in enumerate(self.copy_seeds):
+            before_fork = (epoch * steps + torch.arange(steps)) < self.fork_at[k]
             own = self.member_order(seed, epoch)
             if before_fork.any():  # the copy is its member until the fork: same batches, same draws
                 own = [torch.where(before_fork.view(-1, *[1] * (o.dim() - 1)), base, o)
@@ -219,6 +268,7 @@ class PhaseTrainer:
         with torch.no_grad():
             torch._foreach_mul_(self.masked_params, self.masks)
         self.loss_sum += loss.detach()
+        self.loss_steps += 1
         return loss
 
     def step(self) -> None:
@@ -253,33 +303,39 @@ class PhaseTrainer:
     def run(self, start: int, early_stop: EarlyStop,
             on_epoch_end: Callable[[int, EarlyStop], None],
             on_eval: Callable[[Evaluation], None] | None = None,
-            rewind_at: int | None = None, on_rewind_point: Callable[[], None] | None = None) -> EarlyStop:
-        """Trains steps start..total-1, evaluating every `eval_every` steps; calls `on_epoch_end`
-        after each full epoch with the next iteration to run, and `on_rewind_point` just before
-        step `rewind_at` (that is, after `rewind_at` steps)."""
+            before_step: dict[int, Callable[[], None]] | None = None) -> EarlyStop:
+        """Trains steps start..total-1, evaluating every `eval_every` steps; calls `on_epoch_end` after each
+        full epoch with the next iteration to run, and `before_step[it]` just before step `it` (that is,
+        after `it` steps: where round 0 saves its rewind point). Rows whose first iteration comes after
+        `start` train along until then, and start there from the weights they hold now and a fresh optimizer."""
+        before_step = before_step or {}
         eval_every = self.config.train.eval_every
         spe = self.steps_per_epoch
         order = None
         lr_now = None
+        late = self.rows.late_starts(start)
+        start_weights = {it: self.pop.rows_state(rows) for it, rows in late.items()}
         orders = EpochOrders(self, prefetch=self.pop.device.type == "cuda")
         for it in range(start, self.total):
             epoch, pos = divmod(it, spe)
             if order is None or pos == 0:
                 order = orders.get(epoch)
                 self.loss_sum.zero_()
-                self.loss_steps = 0
-            if it == rewind_at and on_rewind_point is not None:
-                on_rewind_point()
-            lr = learning_rate(self.config, it)
-            if lr != lr_now:
-                self.optimizer.set_lr(lr)
-                lr_now = lr
+                self.loss_steps.zero_()
+            if it in late:
+                self.start_rows(late[it], start_weights.pop(it))
+            if it in before_step:
+                before_step[it]()
+            if it == start or it in self.lr_changes:
+                lr = self.rows.learning_rates(it)
+                if lr != lr_now:
+                    self.optimizer.set_lr(lr if isinstance(lr, float) else torch.tensor(lr))
+                    lr_now = lr
             self.static_idx.copy_(order[0][pos])
             if self.data.augment:
                 self.static_shifts.copy_(order[1][pos])
                 self.static_flips.copy_(order[2][pos])
             self.step()
-            self.loss_steps += 1
             done = it + 1
             if done % eval_every == 0 or done == self.total:
                 evaluation = self.track(done, early_stop)
@@ -294,7 +350,8 @@ class PhaseTrainer:
         """Evaluates on the validation set; on a new minimum, records test accuracy too."""
         val_loss, val_acc = (t.tolist() for t in evaluate(self.pop, self.data.val_x, self.data.val_y,
                                                           self.autocast))
-        improved = [i for i, loss in enumerate(val_loss) if loss < early_stop.val_loss_min[i]]
+        active = self.rows.active(iteration)
+        improved = [i for i, loss in enumerate(val_loss) if active[i] and loss < early_stop.val_loss_min[i]]
         if improved:
             test_acc = evaluate(self.pop, self.data.test_x, self.data.test_y, self.autocast)[1].tolist()
             for i in improved:
@@ -305,7 +362,14 @@ class PhaseTrainer:
 
     def train_loss(self) -> list[float]:
         """Mean training loss over the steps of the current epoch so far."""
-        return (self.loss_sum / max(self.loss_steps, 1)).tolist()
+        return (self.loss_sum / self.loss_steps.clamp(min=1)).tolist()
+
+    def start_rows(self, rows: list[int], weights: dict[str, torch.Tensor]) -> None:
+        """Rows that start now: back to the weights they held when the phase began, a fresh optimizer, no loss yet."""
+        self.pop.load_rows(rows, weights)
+        self.optimizer.restart_rows(rows)
+        self.loss_sum[rows] = 0
+        self.loss_steps[rows] = 0
 
     def finish(self, early_stop: EarlyStop) -> PhaseResult:
         val_loss, val_acc = (t.tolist() for t in evaluate(self.pop, self.data.val_x, self.data.val_y,
