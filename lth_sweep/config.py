@@ -132,6 +132,10 @@ class RuntimeConfig(Section):
     channels_last: bool = Field(default=True, description="NHWC activations for single-model conv nets on CUDA")
     deterministic: bool = Field(default=False, description="deterministic cuDNN algorithms (no autotuning) on CUDA")
     checkpoint_every_epoch: bool = True
+    pack_stacking: Literal["auto", "stacked", "sequential"] = Field(
+        default="auto", description="how a pack's members train: as one stacked population, or one after another "
+                                    "(each phase); auto = stacked on CUDA, sequential on a CPU, where a stack is "
+                                    "slower per model than the models one by one (benchmarks/RESULTS.md)")
 
 
 class ExperimentConfig(Section):

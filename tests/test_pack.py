@@ -59,7 +59,8 @@ def merged(*trees: dict[str, Any]) -> dict[str, Any]:
 
 
 def member_configs(model: str, data: DatasetSplits, dataset: str, **shared: Any) -> list[ExperimentConfig]:
-    base = {"device": "cpu", "dataset": {"name": dataset, "augment": data.augment},
+    base = {"device": "cpu", "runtime": {"pack_stacking": "stacked"},  # stacked on the CPU too: what is tested
+            "dataset": {"name": dataset, "augment": data.augment},
             "model": {"name": model, "widths": [32, 16]},
             "train": {"optimizer": "sgd", "batch_size": 4, "iterations": ITERATIONS, "eval_every": 2},
             "prune": {"rounds": 2}}
@@ -128,13 +129,13 @@ def test_pack_of_different_configs_trains_each_like_alone(model: str, float64: N
     assert {r["control"] for r in packed[1][1:]} == {"reinit"}
 
 
-@pytest.mark.parametrize("variant", ["adam", "stability", "replicates"])
+@pytest.mark.parametrize("variant", ["adam", "stability", "replicates", "sequential"])
 def test_pack_variants_train_each_like_alone(variant: str, float64: None, tmp_path: Path) -> None:
     """Adam (per-row step counts: members start late), stability copies forking at each member's own rewind
-    point, and members with replicates."""
+    point, members with replicates, and a pack whose members train one after another (a CPU's default)."""
     data, dataset = small_data("mlp")
     shared = {"adam": {"train": {"optimizer": "adam"}}, "stability": {"stability": {"points": 3}},
-              "replicates": {"replicates": 2}}[variant]
+              "replicates": {"replicates": 2}, "sequential": {"runtime": {"pack_stacking": "sequential"}}}[variant]
     configs = member_configs("mlp", data, dataset, **shared, prune={"rounds": 3})
     alone = run_alone(configs, data, tmp_path)
     packed = pack_of(configs, data, tmp_path).run()

@@ -16,6 +16,10 @@ schedule and evaluation points of every member are those it has alone. A member 
 members saved at the same iteration (the usual case: a pack saves all its members together) or that have not
 started their phase yet and start at or after it; anything else trains as a group of its own, after.
 
+On a CPU a group's members train one after another by default (`runtime.pack_stacking`): a stack is slower per
+model there than the models one by one, and a pack still saves what each trial costs a sweep around its
+compute. The results are the same either way (tests/test_pack.py).
+
 Row layout of a group's population: every member's replicates, member after member; then, with stability
 analysis, every member's copies in the same order (so row r + N is the copy of row r, as stability.py expects).
 """
@@ -23,6 +27,7 @@ analysis, every member's copies in the same order (so row r + N is the copy of r
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +79,9 @@ class Member:
 class Pack:
     """Runs (or continues) several trials as one population; `run()` returns each one's records."""
 
-    def __init__(self, trials: list[Trial]) -> None:
+    def __init__(self, trials: list[Trial], after_group: Callable[[], None] | None = None) -> None:
+        """`after_group` is called after each group phase (the sweep reports there); members whose index is
+        put `in` `stopped` (a set, or anything with __contains__) train no further (a scheduler stopped them)."""
         keys = {pack_key(t.config) for t in trials}
         if len(keys) != 1:
             raise ValueError("the configs of a pack must agree on dataset, model, optimizer, batch size, "
@@ -85,12 +92,16 @@ class Pack:
             if trial._data is None:
                 trial._data = trials[0].data
         self.states: list[dict[str, Any]] = []
+        self.after_group = after_group
+        self.stopped: Container[int] = set()
 
     def run(self) -> list[list[dict[str, Any]]]:
         torch.set_num_threads(self.config.runtime.threads)
         self.states = [trial.prepare() for trial in self.trials]
         while (group := self.next_group()) is not None:
             self.run_group(*group)
+            if self.after_group is not None:
+                self.after_group()
         return [state["records"][:trial.config.prune.rounds] for trial, state in zip(self.trials, self.states,
                                                                                      strict=True)]
 
@@ -103,7 +114,7 @@ class Pack:
     def next_group(self) -> tuple[list[int], str] | None:
         """The least advanced members that can train together, and their phase."""
         pending = [i for i, (t, s) in enumerate(zip(self.trials, self.states, strict=True))
-                   if s["round"] < t.config.prune.rounds]
+                   if s["round"] < t.config.prune.rounds and i not in self.stopped]
         if not pending:
             return None
         first = min(pending, key=lambda i: (self.states[i]["round"], PHASE_ORDER[self.states[i]["phase"]]))
@@ -153,7 +164,16 @@ class Pack:
                                  for field in ("val_loss_min", "iteration", "test_acc")))
         return members, pop, masks, early_stop
 
+    @property
+    def stacked(self) -> bool:
+        setting = self.config.runtime.pack_stacking
+        return setting == "stacked" or (setting == "auto" and self.trials[0].device.type == "cuda")
+
     def run_group(self, group: list[int], phase: str) -> None:
+        if len(group) > 1 and not self.stacked:  # the same phases, member after member
+            for index in group:
+                self.run_group([index], phase)
+            return
         t0 = time.perf_counter()
         config, data = self.config, self.trials[0].data
         members, pop, masks, early_stop = self.build_members(group, phase)

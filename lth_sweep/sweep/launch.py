@@ -3,6 +3,7 @@ resume."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lth_sweep import storage
+from lth_sweep.config import build_experiment
 from lth_sweep.errors import UserError
 from lth_sweep.sweep.optuna_store import StudyStore, check_new_study, store_location
 from lth_sweep.sweep.schema import ResourcesConfig, SweepConfig, objective_metrics
@@ -64,29 +66,38 @@ def build_tuner(spec: LaunchSpec, on_cluster: bool, callbacks: list[Any] | None 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from lth_sweep.sweep.optuna_search import StoredOptunaSearch
+    from lth_sweep.sweep.optuna_search import PackSearcher, StoredOptunaSearch
 
     sweep = spec.sweep
     metrics, modes = objective_metrics(sweep.objective)
     single = len(metrics) == 1
     location = store_location(spec)
     store = None if location is None else StudyStore(location, spec.name, modes)
-    searcher = StoredOptunaSearch(store, sampler=make_sampler(sweep), study_name=spec.name,
-                                  **({} if single else {"metric": metrics, "mode": modes}))
-    searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrent_trials(sweep, on_cluster))
+    space = {key: dist.to_tune() for key, dist in sweep.search.space.items()}
+    pack = packed(spec)
     max_rounds = spec.rounds()
     scheduler = FIFOScheduler()
-    if sweep.scheduler.name == "asha":
+    if sweep.scheduler.name == "asha" and pack == 1:  # a pack's members get ASHA inside it (MemberRungs)
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_rounds,
                                   grace_period=min(sweep.scheduler.grace_rounds, max_rounds),
                                   reduction_factor=sweep.scheduler.reduction_factor)
+    if pack == 1:
+        searcher = StoredOptunaSearch(store, sampler=make_sampler(sweep), study_name=spec.name,
+                                      **({} if single else {"metric": metrics, "mode": modes}))
+        objective = {"metric": metrics[0], "mode": modes[0]} if single else {}
+        param_space, trials = space, sweep.search.num_samples
+    else:  # the searcher gets the space, metric and mode itself: Tune sees no metric, members carry them
+        inner = StoredOptunaSearch(store, space=space, sampler=make_sampler(sweep), study_name=spec.name,
+                                   metric=metrics[0] if single else metrics, mode=modes[0] if single else modes)
+        searcher = PackSearcher(inner, pack, sweep.search.num_samples)
+        objective, param_space, trials = {}, {}, math.ceil(sweep.search.num_samples / pack)
+    searcher = ConcurrencyLimiter(searcher, max_concurrent=min(concurrent_trials(sweep, on_cluster), trials))
     parent, name = storage.split_last(spec.experiment_dir)
     return tune.Tuner(
         make_trainable(spec),
-        param_space={key: dist.to_tune() for key, dist in sweep.search.space.items()},
+        param_space=param_space,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=sweep.search.num_samples,
-            reuse_actors=True, **({"metric": metrics[0], "mode": modes[0]} if single else {}),
+            search_alg=searcher, scheduler=scheduler, num_samples=trials, reuse_actors=True, **objective,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
@@ -96,6 +107,25 @@ def build_tuner(spec: LaunchSpec, on_cluster: bool, callbacks: list[Any] | None 
             callbacks=callbacks, verbose=1 if verbose else 0,
         ),
     )
+
+
+def packed(spec: LaunchSpec) -> int:
+    """Configs per trial (`search.pack`, resolved at launch)."""
+    pack = spec.sweep.search.pack
+    return pack if isinstance(pack, int) else 1
+
+
+def start_member_asha(spec: LaunchSpec) -> None:
+    """For a pack sweep under ASHA: the actor that holds the members' rungs (one per driver, as Tune's own ASHA
+    state is: a resumed sweep starts with empty rungs)."""
+    if packed(spec) == 1 or spec.sweep.scheduler.name != "asha":
+        return
+    from lth_sweep.sweep.packing import asha_actor_name, member_asha_actor
+
+    _, modes = objective_metrics(spec.sweep.objective)
+    scheduler, rounds = spec.sweep.scheduler, spec.rounds()
+    member_asha_actor().options(name=asha_actor_name(spec.name)).remote(
+        rounds, min(scheduler.grace_rounds, rounds), scheduler.reduction_factor, modes[0])
 
 
 def init_ray(address: str | None, spec: LaunchSpec) -> str | None:
@@ -211,6 +241,10 @@ def prepare_launch(sweep: SweepConfig, experiment: dict[str, Any], storage_locat
         raise UserError("--name", f"a sweep named '{sweep.name}' already exists at {experiment_dir}; "
                                   f"continue it with: lth-sweep resume {shlex.quote(experiment_dir)} "
                                   "(or pick another --name)")
+    if sweep.search.pack == "auto":
+        from lth_sweep.sweep.packing import auto_pack
+
+        sweep.search.pack = auto_pack(build_experiment(experiment), sweep.resources.gpu, sweep.search.num_samples)
     spec = LaunchSpec(sweep=sweep, experiment=experiment, experiment_dir=experiment_dir,
                       wandb_mode=resolve_mode(sweep.wandb.mode))
     check_new_study(spec)
@@ -244,6 +278,7 @@ def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool
             warning = init_ray(address, spec)
             if warning:
                 terminal.line(f"lth-sweep: warning: {warning}")
+            start_member_asha(spec)
             if not resume:
                 save_spec(spec)
             if resume:

@@ -16,6 +16,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from lth_sweep.sweep.packing import members_of
+
 
 class Terminal:
     """Within `with Terminal(log_path):`, fds 1 and 2 write to `log_path` and `line()` to the terminal (and the
@@ -89,6 +91,7 @@ class Progress(Callback):
         self.num_samples, self.rounds = num_samples, rounds
         self.metric, self.mode = metric, mode  # None for a multi-objective sweep: no single "best"
         self.started = time.monotonic()
+        self.seen: dict[str, int] = {}  # rounds done per config already printed
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into tuner.pkl; a resumed sweep installs a fresh Progress
@@ -100,34 +103,48 @@ class Progress(Callback):
             self.terminal.line(f"[{elapsed // 60:d}:{elapsed % 60:02d}] {text}")
 
     def overview(self, trials: list[Any], latest: tuple[Any, dict[str, Any]] | None = None) -> str:
-        """'2 running, 3/8 trials done, 19/40 rounds, best 0.1983' over every trial Tune knows."""
+        """'2 running, 3/8 trials done, 19/40 rounds, best 0.1983' over every config Tune knows (a pack's
+        members each count as a trial)."""
         results = {trial.trial_id: trial.last_result or {} for trial in trials}
         if latest is not None:
             results[latest[0].trial_id] = latest[1]
-        rounds_done = {tid: int(r.get("rounds_done") or 0) for tid, r in results.items()}
-        done = [t for t in trials if t.status == "TERMINATED" or rounds_done[t.trial_id] >= self.rounds]
-        running = sum(t.status == "RUNNING" for t in trials) - sum(t.status == "RUNNING" for t in done)
-        failed = sum(t.status == "ERROR" for t in trials)
-        text = (f"{running} running, {len(done)}/{self.num_samples} trials done"
-                f"{f', {failed} failed' if failed else ''}, "
-                f"{sum(rounds_done.values())}/{self.num_samples * self.rounds} rounds")
-        if self.metric is not None:
-            finished = [results[t.trial_id].get(self.metric) for t in done if rounds_done[t.trial_id] >= self.rounds]
-            finished = [v for v in finished if isinstance(v, int | float)]
-            if finished:
-                text += f", best {format_value(min(finished) if self.mode == 'min' else max(finished))}"
+        running = done = failed = rounds = 0
+        finished: list[float] = []
+        for trial in trials:
+            for member in members_of(trial.trial_id, trial.config, results[trial.trial_id]):
+                rounds_done = int(member.result.get("rounds_done") or 0)
+                rounds += rounds_done
+                if trial.status == "TERMINATED" or rounds_done >= self.rounds or member.result.get("stopped"):
+                    done += 1
+                    value = member.result.get(self.metric) if self.metric else None
+                    if rounds_done >= self.rounds and isinstance(value, int | float):
+                        finished.append(value)
+                elif trial.status == "RUNNING":
+                    running += 1
+                failed += trial.status == "ERROR"
+        text = (f"{running} running, {done}/{self.num_samples} trials done"
+                f"{f', {failed} failed' if failed else ''}, {rounds}/{self.num_samples * self.rounds} rounds")
+        if self.metric is not None and finished:
+            text += f", best {format_value(min(finished) if self.mode == 'min' else max(finished))}"
         return text
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                         **info: Any) -> None:
         if "rounds_done" not in result:
             return
-        values = ", ".join(f"{key} {format_value(result[key])}" for key in ("density", "val_acc", "objective")
-                           if key in result)
-        self.say(f"trial {trial.trial_id} round {result['rounds_done']}/{self.rounds}: {values} | "
-                 f"{self.overview(trials, (trial, result))}")
+        for member in members_of(trial.trial_id, trial.config, result):
+            rounds_done = member.result.get("rounds_done")
+            if rounds_done is None or self.seen.get(member.member_id) == rounds_done:
+                continue  # a pack reports every member; print the ones that finished a round
+            self.seen[member.member_id] = rounds_done
+            values = ", ".join(f"{key} {format_value(member.result[key])}" for key in ("density", "val_acc",
+                                                                                        "objective")
+                               if key in member.result)
+            stopped = " (stopped by ASHA)" if member.result.get("stopped") else ""
+            self.say(f"trial {member.member_id} round {rounds_done}/{self.rounds}: {values}{stopped} | "
+                     f"{self.overview(trials, (trial, result))}")
         if result.get("notice"):
-            self.say(f"trial {trial.trial_id} ({result.get('config_hash')}): warning: {result['notice']}")
+            self.say(f"trial {trial.trial_id} ({result.get('config_hash', 'pack')}): warning: {result['notice']}")
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.say(f"trial {trial.trial_id} failed; restarting it from its last round")

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lth_sweep.config import ExperimentConfig, build_experiment, read_yaml, set_dotted
 from lth_sweep.errors import UserError
@@ -77,6 +77,15 @@ class SearchConfig(Section):
                                        description="None = as many as fit this machine (every sample on a cluster)")
     sampler: Literal["tpe", "gp", "random", "nsga2"] = "tpe"
     seed: int = 0
+    pack: int | Literal["auto"] = Field(default=1, description="configs per trial, trained as one stacked population; "
+                                        "auto = as many as fit the GPU's memory, 1 on a CPU")
+
+    @field_validator("pack")
+    @classmethod
+    def _positive_pack(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be a positive integer or auto")
+        return value
 
 
 class ObjectiveConfig(Section):

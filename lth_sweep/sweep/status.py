@@ -8,12 +8,14 @@ from typing import Any
 
 from lth_sweep import storage
 from lth_sweep.sweep.objectives import pareto_front
+from lth_sweep.sweep.packing import members_of
 from lth_sweep.sweep.schema import objective_metrics
 from lth_sweep.sweep.spec import load_spec
 
 
 def trial_rows(experiment_dir: str) -> list[dict[str, Any]]:
-    """One row per Tune trial: searched values, state, rounds done, density, val_acc, objective."""
+    """One row per config (a Tune trial, or each member of a pack trial): searched values, state, rounds done,
+    density, val_acc, objective."""
     from ray.tune import ExperimentAnalysis
 
     try:
@@ -22,19 +24,20 @@ def trial_rows(experiment_dir: str) -> list[dict[str, Any]]:
         return []  # launched, but Tune has not written its first snapshot yet
     rows = []
     for trial in analysis.trials:
-        last = trial.last_result or {}
-        rows.append({
-            "trial_id": trial.trial_id,
-            "state": trial.status,
-            "params": dict(trial.config),
-            "config_hash": last.get("config_hash"),
-            "rounds_done": last.get("rounds_done", 0),
-            "density": last.get("density"),
-            "val_acc": last.get("val_acc"),
-            "test_acc": last.get("test_acc"),
-            "objective": last.get("objective"),
-            "failures": trial.num_failures,
-        })
+        for member in members_of(trial.trial_id, trial.config, trial.last_result):
+            last = member.result
+            rows.append({
+                "trial_id": member.member_id,
+                "state": "TERMINATED" if last.get("stopped") else trial.status,
+                "params": member.params,
+                "config_hash": last.get("config_hash"),
+                "rounds_done": last.get("rounds_done", 0),
+                "density": last.get("density"),
+                "val_acc": last.get("val_acc"),
+                "test_acc": last.get("test_acc"),
+                "objective": last.get("objective"),
+                "failures": trial.num_failures,
+            })
     return rows
 
 

@@ -29,6 +29,7 @@ from lth_sweep.engine.lottery import STATE_FILE, Trial
 from lth_sweep.engine.recovery import Candidate, adopt, describe, newest_intact, set_aside
 from lth_sweep.engine.train import Evaluation
 from lth_sweep.sweep.objectives import best_by_validation, objective_value
+from lth_sweep.sweep.packing import PACK_KEY, is_pack
 from lth_sweep.sweep.schema import objective_metrics
 from lth_sweep.sweep.spec import LaunchSpec
 from lth_sweep.sweep.tracking import LOGGED_ROUNDS_FILE, Tracker, scalar_metrics
@@ -58,9 +59,10 @@ def count_rounds(engine_dir: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def tune_checkpoints(checkpoint, stack: ExitStack) -> Iterator[Candidate]:
+def tune_checkpoints(checkpoint, stack: ExitStack, subdir: str = "") -> Iterator[Candidate]:
     """The trial's Tune checkpoints, newest first: the one Tune restored and its siblings in the trial folder
-    (Tune keeps the last few). Each is opened (downloaded, for a URI) only when asked for."""
+    (Tune keeps the last few). Each is opened (downloaded, for a URI) only when asked for. A pack's checkpoints
+    hold one folder per member config: `subdir`."""
     import pyarrow.fs as pafs
     from ray import tune
 
@@ -75,10 +77,11 @@ def tune_checkpoints(checkpoint, stack: ExitStack) -> Iterator[Candidate]:
         paths.insert(0, checkpoint.path)
     for path in paths:
         saved = tune.Checkpoint(path, filesystem=checkpoint.filesystem)
-        yield Candidate(f"Tune checkpoint {path}", Path(stack.enter_context(saved.as_directory())))
+        yield Candidate(f"Tune checkpoint {path}", Path(stack.enter_context(saved.as_directory())) / subdir)
 
 
-def restore_engine_dir(spec: LaunchSpec, config_hash: str, engine_dir: Path, checkpoint) -> tuple[int, str | None]:
+def restore_engine_dir(spec: LaunchSpec, config_hash: str, engine_dir: Path, checkpoint,
+                       subdir: str = "") -> tuple[int, str | None]:
     """Brings the most advanced intact saved state into `engine_dir` (the engine's own, else a remote copy, else
     Tune's newest intact checkpoint, else none: the config starts over), says which in one log line when it is
     not simply the engine's own; returns the rounds Tune already has, and that line."""
@@ -92,8 +95,8 @@ def restore_engine_dir(spec: LaunchSpec, config_hash: str, engine_dir: Path, che
             groups.append([Candidate(f"the copy at {remote}", Path(mirror))])
         reported = 0
         if checkpoint is not None:
-            reported = count_rounds(Path(stack.enter_context(checkpoint.as_directory())))
-            groups.append(tune_checkpoints(checkpoint, stack))
+            reported = count_rounds(Path(stack.enter_context(checkpoint.as_directory())) / subdir)
+            groups.append(tune_checkpoints(checkpoint, stack, subdir))
         choice = newest_intact(groups)
         if choice.chosen is None:
             set_aside(choice, engine_dir)
@@ -142,77 +145,126 @@ class RemoteMirror:
             log.warning("could not copy the W&B runs to %s: %s", self.wandb.destination, err)
 
 
+class ConfigRun:
+    """One config's side of a trial (a trial's only config, or one member of a pack): its engine folder,
+    restored first, its W&B run, its remote mirror, and its records so far."""
+
+    def __init__(self, spec: LaunchSpec, params: dict[str, Any], label: str) -> None:
+        self.spec = spec
+        self.params = params
+        self.label = label  # what the W&B run's name starts with: the trial's name, or a pack member's id
+        self.config = spec.trial_config(params)
+        self.config_hash = self.config.config_hash()
+        self.root = work_dir(spec, self.config_hash)
+        self.engine_dir = self.root / "engine"
+        self.mirror = RemoteMirror(spec, self.config_hash, self.root)
+        self.iterations_per_round = self.config.iterations_per_round(self.config.steps_per_epoch())
+        self.records: list[dict[str, Any]] = []
+        self.latest: dict[str, Any] = {}  # the metrics of the last round, as reported
+        self.reported = 0
+        self.tracker: Tracker | None = None
+
+    def open(self, checkpoint, subdir: str = "") -> None:
+        """Restores the engine folder (see restore_engine_dir) and starts the W&B run; call under the lock."""
+        spec, sweep = self.spec, self.spec.sweep
+        self.reported, restored_from = restore_engine_dir(spec, self.config_hash, self.engine_dir, checkpoint,
+                                                          subdir)
+        restore_logged_rounds(spec, self.config_hash, self.root)
+        _, modes = objective_metrics(sweep.objective)
+        self.tracker = Tracker(
+            sweep.wandb.model_copy(update={"mode": spec.wandb_mode}),
+            group=sweep.wandb.group or sweep.name, run_id=wandb_id(f"{sweep.name}-{self.config_hash}"),
+            run_name=f"{self.label}-{self.config_hash}",
+            config={**self.config.model_dump(mode="json"), "searched": self.params, "config_hash": self.config_hash,
+                    "sweep": sweep.name},
+            directory=self.root / "wandb", objective_mode=None if len(modes) > 1 else modes[0],
+            iterations_per_round=self.iterations_per_round)
+        if restored_from:
+            self.tracker.notices.append(restored_from)
+
+    def add(self, record: dict[str, Any], trained_now: bool, trial_id: str, node_id: str) -> dict[str, Any]:
+        """A finished round: logged to W&B, and when it was trained now (not replayed) mirrored and put in the
+        ledger; returns the metrics Tune gets for it."""
+        sweep = self.spec.sweep
+        self.records.append(record)
+        final = len(self.records) == self.config.prune.rounds
+        extra = {"objective": objective_value(self.records, sweep.objective, final), "rounds_done": len(self.records),
+                 "config_hash": self.config_hash, "node_id": node_id, **best_by_validation(self.records)}
+        self.tracker.log_round(record, extra)
+        if trained_now:  # after the round is safe in the shared store
+            self.mirror.engine_state()
+            append_ledger(self.spec.experiment_dir, self.config_hash, record["round"], trial_id, node_id)
+        self.latest = {**scalar_metrics(record), **extra}
+        return self.latest
+
+    def sync(self) -> None:
+        """Sends what changed to the remote store (URI storage only)."""
+        self.mirror.engine_state()
+        self.mirror.wandb_runs()
+
+    def take_notices(self) -> list[str]:
+        notices = list(self.tracker.notices) if self.tracker is not None else []
+        if self.tracker is not None:
+            self.tracker.notices.clear()
+        return notices
+
+    def curve(self, round_index: int, phase: str, evaluation: Evaluation) -> None:
+        if phase != "ticket":  # a control's curve would run back over the round's steps
+            return
+        step = round_index * self.iterations_per_round + evaluation.iteration
+        self.tracker.log_curve({"iteration": step, "round_index": round_index,
+                                "val_loss": statistics.fmean(evaluation.val_loss),
+                                "val_acc": statistics.fmean(evaluation.val_acc),
+                                "train_loss": statistics.fmean(evaluation.extras["train_loss"])}, step)
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.finish()
+        self.mirror.wandb_runs()
+
+
+def inject_failure(run: ConfigRun, round_index: int) -> None:
+    """Fault injection for tests (LTH_SWEEP_FAIL_ONCE_AFTER_ROUND=k): raises once, after round k is reported."""
+    fail_after = os.environ.get(FAIL_ONCE_ENV)
+    marker = run.root / ".failure_injected"
+    if fail_after is not None and round_index == int(fail_after) and not marker.exists():
+        marker.touch()
+        raise RuntimeError(f"injected failure after round {round_index} ({FAIL_ONCE_ENV})")
+
+
 def imp_trainable(params: dict[str, Any], spec: LaunchSpec) -> None:
-    """A Ray Tune function trainable: one full IMP schedule."""
+    """A Ray Tune function trainable: one full IMP schedule (or a pack's, see sweep/packing.py)."""
+    if is_pack(params):
+        from lth_sweep.sweep.pack_trainable import run_pack
+
+        run_pack(params[PACK_KEY], spec)
+        return
     import ray
     from ray import tune
 
-    sweep = spec.sweep
-    config = spec.trial_config(params)
-    config_hash = config.config_hash()
-    root = work_dir(spec, config_hash)
-    engine_dir = root / "engine"
-    mirror = RemoteMirror(spec, config_hash, root)
-    _, modes = objective_metrics(sweep.objective)
-    iterations_per_round = config.iterations_per_round(config.steps_per_epoch())
-    with storage.exclusive(root):
-        reported, restored_from = restore_engine_dir(spec, config_hash, engine_dir, tune.get_checkpoint())
-        restore_logged_rounds(spec, config_hash, root)
-        context = tune.get_context()
-        tracker = Tracker(
-            sweep.wandb.model_copy(update={"mode": spec.wandb_mode}),
-            group=sweep.wandb.group or sweep.name, run_id=wandb_id(f"{sweep.name}-{config_hash}"),
-            run_name=f"{context.get_trial_name()}-{config_hash}",
-            config={**config.model_dump(mode="json"), "searched": params, "config_hash": config_hash,
-                    "sweep": sweep.name},
-            directory=root / "wandb", objective_mode=None if len(modes) > 1 else modes[0],
-            iterations_per_round=iterations_per_round)
-        if restored_from:
-            tracker.notices.append(restored_from)
-        records: list[dict[str, Any]] = []
+    run = ConfigRun(spec, params, tune.get_context().get_trial_name())
+    with storage.exclusive(run.root):
+        run.open(tune.get_checkpoint())
+        trial_id = tune.get_context().get_trial_id()
         node_id = ray.get_runtime_context().get_node_id()
-        fail_after = os.environ.get(FAIL_ONCE_ENV)
 
         def report(record: dict[str, Any], trained_now: bool) -> None:
-            records.append(record)
-            final = len(records) == config.prune.rounds
-            extra = {"objective": objective_value(records, sweep.objective, final), "rounds_done": len(records),
-                     "config_hash": config_hash, "node_id": node_id, **best_by_validation(records)}
-            tracker.log_round(record, extra)
-            if trained_now:  # after the round is safe in the shared store
-                mirror.engine_state()
-                append_ledger(spec.experiment_dir, config_hash, record["round"], context.get_trial_id(), node_id)
-            if len(records) <= reported:
+            metrics = run.add(record, trained_now, trial_id, node_id)
+            if len(run.records) <= run.reported:
                 return  # Tune has this round already (restored from its checkpoint)
-            mirror.engine_state()  # sends only what changed
-            mirror.wandb_runs()
-            if tracker.notices:  # for the driver's terminal (a worker's own output goes to the driver's log)
-                extra["notice"] = "; ".join(tracker.notices)
-                tracker.notices.clear()
-            tune.report({**scalar_metrics(record), **extra},
-                        checkpoint=tune.Checkpoint.from_directory(str(engine_dir)))
-            marker = root / ".failure_injected"
-            if fail_after is not None and record["round"] == int(fail_after) and not marker.exists():
-                marker.touch()
-                raise RuntimeError(f"injected failure after round {record['round']} ({FAIL_ONCE_ENV})")
-
-        def curve(round_index: int, phase: str, evaluation: Evaluation) -> None:
-            if phase != "ticket":  # a control's curve would run back over the round's steps
-                return
-            step = round_index * iterations_per_round + evaluation.iteration
-            tracker.log_curve({"iteration": step, "round_index": round_index,
-                               "val_loss": statistics.fmean(evaluation.val_loss),
-                               "val_acc": statistics.fmean(evaluation.val_acc),
-                               "train_loss": statistics.fmean(evaluation.extras["train_loss"])}, step)
+            run.sync()  # sends only what changed
+            notices = run.take_notices()  # for the driver's terminal (a worker's own output goes to the driver's log)
+            tune.report({**metrics, **({"notice": "; ".join(notices)} if notices else {})},
+                        checkpoint=tune.Checkpoint.from_directory(str(run.engine_dir)))
+            inject_failure(run, record["round"])
 
         try:
-            trial = Trial(config, engine_dir, on_round=lambda r: report(r, True), on_eval=curve)
+            trial = Trial(run.config, run.engine_dir, on_round=lambda r: report(r, True), on_eval=run.curve)
             for record in trial.records():
                 report(record, False)
             trial.run()
         finally:
-            tracker.finish()
-            mirror.wandb_runs()
+            run.close()
 
 
 def wandb_id(text: str) -> str:

@@ -1,0 +1,127 @@
+"""The Tune trainable's side of a pack (`search.pack` > 1): K configs, one stacked population, one trial.
+
+Each member is a `ConfigRun` exactly as a config alone is (its by-config engine folder, W&B run, ledger lines),
+so a config that comes back alone after a kill finds its rounds, and the other way round. The members are
+trained by the engine's `Pack`, split first into packs that can train together (`split_packs`: suggestions that
+differ in the model, batch size, iterations... train in separate packs, one after another). The trial reports to
+Tune after every group phase in which a member finished a round: every member's latest metrics under
+`members`, and a checkpoint holding each member's engine folder under its config hash.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from lth_sweep import storage
+from lth_sweep.engine.lottery import Trial
+from lth_sweep.engine.pack import Pack, split_packs
+from lth_sweep.sweep.packing import MEMBERS_KEY, asha_actor_name, member_id
+from lth_sweep.sweep.spec import LaunchSpec
+from lth_sweep.sweep.trainable import ConfigRun, inject_failure
+
+
+def pack_checkpoint(runs: list[ConfigRun], parent: Path) -> Path:
+    """A folder of hard links to every member's engine files (a snapshot: the engine replaces its files by
+    rename, never in place), `<config hash>/<file>`, in the same file system as the engine folders."""
+    folder = parent / f".pack-checkpoint-{uuid.uuid4().hex[:12]}"
+    for run in runs:
+        target = folder / run.config_hash
+        target.mkdir(parents=True)
+        if not run.engine_dir.is_dir():
+            continue
+        for path in run.engine_dir.iterdir():
+            if path.is_file() and not path.name.startswith("."):
+                try:
+                    os.link(path, target / path.name)
+                except OSError:
+                    shutil.copy2(path, target / path.name)
+    return folder
+
+
+def member_asha(spec: LaunchSpec):
+    """The driver's MemberRungs actor when the sweep runs ASHA, else None."""
+    if spec.sweep.scheduler.name != "asha":
+        return None
+    import ray
+
+    return ray.get_actor(asha_actor_name(spec.name))
+
+
+def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
+    import ray
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    node_id = ray.get_runtime_context().get_node_id()
+    runs = [ConfigRun(spec, params, member_id(trial_id, j)) for j, params in enumerate(members)]
+    asha = member_asha(spec)
+    stopped: set[int] = set()
+    fresh = False  # a member finished a round since the last report
+
+    def report() -> None:
+        nonlocal fresh
+        if not fresh:
+            return
+        fresh = False
+        notices = [f"{run.label} ({run.config_hash}): {text}" for run in runs for text in run.take_notices()]
+        for run in runs:
+            run.sync()
+        results = [{**run.latest, "training_iteration": len(run.records), "stopped": j in stopped}
+                   if run.records else {} for j, run in enumerate(runs)]
+        checkpoint = pack_checkpoint(runs, runs[0].root.parent)
+        try:
+            tune.report({MEMBERS_KEY: results, "rounds_done": sum(len(run.records) for run in runs),
+                         "pack_size": len(runs), **({"notice": "; ".join(notices)} if notices else {})},
+                        checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
+        finally:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+
+    def on_round(j: int, record: dict[str, Any], trained_now: bool = True) -> None:
+        nonlocal fresh
+        run = runs[j]
+        metrics = run.add(record, trained_now, trial_id, node_id)
+        fresh = True
+        if asha is not None and j not in stopped and len(run.records) < run.config.prune.rounds:
+            value = metrics.get("objective")
+            if ray.get(asha.on_result.remote(run.label, len(run.records), value)):
+                stopped.add(j)
+        if trained_now:
+            inject_failure(run, record["round"])
+
+    with ExitStack() as stack:
+        for run in sorted(runs, key=lambda r: r.config_hash):  # one order for every pack: no deadlock
+            stack.enter_context(storage.exclusive(run.root))
+        checkpoint = tune.get_checkpoint()
+        try:
+            for run in runs:
+                run.open(checkpoint, subdir=run.config_hash)
+            trials = [Trial(run.config, run.engine_dir, on_round=lambda r, j=j: on_round(j, r), on_eval=run.curve)
+                      for j, run in enumerate(runs)]
+            for j, trial in enumerate(trials):
+                for record in trial.records():
+                    on_round(j, record, trained_now=False)
+            report()
+            for indices in split_packs([run.config for run in runs], size=len(runs)):
+                pack = Pack([trials[j] for j in indices], after_group=report)
+                pack.stopped = StoppedView(stopped, indices)
+                pack.run()
+            report()
+        finally:
+            for run in runs:
+                run.close()
+
+
+class StoppedView:
+    """The members of one engine pack that ASHA stopped, seen through the trial's member numbering."""
+
+    def __init__(self, stopped: set[int], indices: list[int]) -> None:
+        self.stopped = stopped
+        self.indices = indices
+
+    def __contains__(self, index: int) -> bool:
+        return self.indices[index] in self.stopped
