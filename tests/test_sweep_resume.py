@@ -2,7 +2,8 @@
 and no finished round is trained again.
 
 The interrupted sweep is the reference sweep of test_sweep.py (4 trials, 2 at a time, 3 rounds, random
-sampler with a seed); the same sweep run without interruption (shared with test_sweep.py) is the yardstick.
+sampler with a seed), alone and packed two configs per trial (`search.pack: 2`); the same sweep run without
+interruption and unpacked (shared with test_sweep.py) is the yardstick for both.
 """
 
 from __future__ import annotations
@@ -47,10 +48,13 @@ def mid_trial(ledger: list[dict[str, Any]]) -> bool:
     return len(ledger) >= 3 and any(0 < n < ROUNDS for n in done.values())
 
 
-@pytest.fixture(scope="module")
-def interrupted(tmp_path_factory: pytest.TempPathFactory, data_root: Path, ray_tmp: Path) -> Interrupted:
+@pytest.fixture(scope="module", params=[1, 2], ids=["alone", "packed"])
+def interrupted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, data_root: Path,
+                ray_tmp: Path) -> Interrupted:
     base = tmp_path_factory.mktemp("interrupted")
-    sweep_file = h.write_sweep(base / "imp.yaml", h.reference_tree(data_root))
+    tree = h.reference_tree(data_root)
+    tree["search"]["pack"] = request.param
+    sweep_file = h.write_sweep(base / "imp.yaml", tree)
     sweep_dir = base / "storage" / "imp"
     env = h.cli_env(ray_tmp)
     with open(base / "launch.log", "w") as log:

@@ -115,16 +115,16 @@ def packed(spec: LaunchSpec) -> int:
     return pack if isinstance(pack, int) else 1
 
 
-def start_member_asha(spec: LaunchSpec) -> None:
+def start_member_asha(spec: LaunchSpec) -> Any:
     """For a pack sweep under ASHA: the actor that holds the members' rungs (one per driver, as Tune's own ASHA
-    state is: a resumed sweep starts with empty rungs)."""
+    state is: a resumed sweep starts with empty rungs). Keep the handle: the actor lives as long as it."""
     if packed(spec) == 1 or spec.sweep.scheduler.name != "asha":
-        return
-    from lth_sweep.sweep.packing import asha_actor_name, member_asha_actor
+        return None
+    from lth_sweep.sweep.packing import ACTOR_NAMESPACE, asha_actor_name, member_asha_actor
 
     _, modes = objective_metrics(spec.sweep.objective)
     scheduler, rounds = spec.sweep.scheduler, spec.rounds()
-    member_asha_actor().options(name=asha_actor_name(spec.name)).remote(
+    return member_asha_actor().options(name=asha_actor_name(spec.name), namespace=ACTOR_NAMESPACE).remote(
         rounds, min(scheduler.grace_rounds, rounds), scheduler.reduction_factor, modes[0])
 
 
@@ -278,7 +278,7 @@ def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool
             warning = init_ray(address, spec)
             if warning:
                 terminal.line(f"lth-sweep: warning: {warning}")
-            start_member_asha(spec)
+            member_asha = start_member_asha(spec)  # noqa: F841 - held until the sweep ends
             if not resume:
                 save_spec(spec)
             if resume:

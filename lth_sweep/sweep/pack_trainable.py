@@ -20,7 +20,7 @@ from typing import Any
 from lth_sweep import storage
 from lth_sweep.engine.lottery import Trial
 from lth_sweep.engine.pack import Pack, split_packs
-from lth_sweep.sweep.packing import MEMBERS_KEY, asha_actor_name, member_id
+from lth_sweep.sweep.packing import ACTOR_NAMESPACE, MEMBERS_KEY, asha_actor_name, member_id
 from lth_sweep.sweep.spec import LaunchSpec
 from lth_sweep.sweep.trainable import ConfigRun, inject_failure
 
@@ -49,7 +49,7 @@ def member_asha(spec: LaunchSpec):
         return None
     import ray
 
-    return ray.get_actor(asha_actor_name(spec.name))
+    return ray.get_actor(asha_actor_name(spec.name), namespace=ACTOR_NAMESPACE)
 
 
 def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:

@@ -94,6 +94,9 @@ def member_asha_actor():
     return ray.remote(num_cpus=0)(MemberRungs)
 
 
+ACTOR_NAMESPACE = "lth_sweep"
+
+
 def asha_actor_name(sweep_name: str) -> str:
     return f"lth_sweep_member_asha_{sweep_name}"
 

@@ -80,12 +80,12 @@ class SearchConfig(Section):
     pack: int | Literal["auto"] = Field(default=1, description="configs per trial, trained as one stacked population; "
                                         "auto = as many as fit the GPU's memory, 1 on a CPU")
 
-    @field_validator("pack")
+    @field_validator("pack", mode="before")
     @classmethod
-    def _positive_pack(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("must be a positive integer or auto")
-        return value
+    def _positive_pack(cls, value: Any) -> int | str:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"{value!r} is not allowed; allowed: a positive integer (configs per trial) or auto")
 
 
 class ObjectiveConfig(Section):
