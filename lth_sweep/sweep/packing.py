@@ -58,33 +58,30 @@ def members_of(trial_id: str, config: dict[str, Any], last_result: dict[str, Any
 
 
 class MemberRungs:
-    """Asynchronous successive halving over pack members (ASHA's rule, as Ray's ASHAScheduler applies it to
-    trials): rungs at grace * rf^k rounds below `max_rounds`; at a rung a member goes on if its value is at
-    least the (1 - 1/rf) quantile of the values recorded there so far (for `mode` max; the mirror for min)."""
+    """Asynchronous successive halving over pack members, by the rule Ray's ASHAScheduler applies to trials (one
+    bracket): rungs at grace * rf^k rounds up to `max_rounds`; the first time a member reaches a rung it stops if
+    its value is below the (1 - 1/rf) quantile of the values recorded there before it (sign-flipped for `mode`
+    min), and its value is recorded there."""
 
     def __init__(self, max_rounds: int, grace_rounds: int, reduction_factor: float, mode: str) -> None:
-        self.mode = mode
+        self.sign = 1.0 if mode == "max" else -1.0
         self.rf = reduction_factor
-        self.rungs: dict[int, dict[str, float]] = {}
-        milestone = grace_rounds
-        while milestone < max_rounds:
-            self.rungs[milestone] = {}
-            milestone = math.ceil(milestone * reduction_factor)
+        count = int(math.log(max_rounds / grace_rounds) / math.log(reduction_factor) + 1)
+        self.rungs: list[tuple[float, dict[str, float]]] = [
+            (grace_rounds * reduction_factor ** k, {}) for k in reversed(range(count))]  # highest first
 
-    def on_result(self, member: str, rounds_done: int, value: float) -> bool:
-        """Records `value` at the rung `rounds_done` reached; True when the member must stop."""
-        recorded = self.rungs.get(rounds_done)
-        if recorded is None or not isinstance(value, int | float) or math.isnan(value):
-            return False
-        score = value if self.mode == "max" else -value
-        recorded[member] = score
-        values = sorted(recorded.values())
-        if len(values) < 2:
-            return False
-        position = (1 - 1 / self.rf) * (len(values) - 1)  # numpy's linear percentile
-        low, high = math.floor(position), math.ceil(position)
-        cutoff = values[low] + (values[high] - values[low]) * (position - low)
-        return score < cutoff
+    def on_result(self, member: str, rounds_done: int, value: float | None) -> bool:
+        """True when the member must stop after `rounds_done` rounds with objective `value`."""
+        import numpy as np
+
+        score = math.nan if not isinstance(value, int | float) else self.sign * value
+        for milestone, recorded in self.rungs:
+            if rounds_done < milestone or member in recorded:
+                continue
+            cutoff = np.nanpercentile(list(recorded.values()), (1 - 1 / self.rf) * 100) if recorded else None
+            recorded[member] = score
+            return cutoff is not None and bool(score < cutoff)
+        return False
 
 
 def member_asha_actor():
