@@ -215,3 +215,14 @@ def test_set_can_change_the_range_of_a_searched_key(tmp_path: Path, data_root: P
     path = h.write_sweep(tmp_path / "s.yaml", h.sweep_tree(data_root))
     sweep, _ = load_sweep(path, {"search.space.prune.rate.uniform": [0.1, 0.2]})
     assert sweep.search.space["prune.rate"].uniform == (0.1, 0.2)
+
+
+def test_pack_auto_is_resolved_at_launch_to_one_on_a_cpu(tmp_path: Path, data_root: Path) -> None:
+    """`search.pack: auto` becomes a number in the launch spec (resume and the trials read that number)."""
+    from lth_sweep.sweep.launch import prepare_launch
+
+    sweep, experiment = load_sweep(h.write_sweep(tmp_path / "s.yaml", h.sweep_tree(data_root)),
+                                   {"search.pack": "auto"})
+    assert sweep.search.pack == "auto"
+    spec = prepare_launch(sweep, experiment, str(tmp_path / "storage"), "auto")
+    assert spec.sweep.search.pack == 1
