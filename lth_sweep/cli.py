@@ -294,7 +294,9 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
     spec = prepare_launch(sweep, experiment, storage, name, address)
     check_cluster_storage(spec, address)
     with driver_lock(spec.experiment_dir):
-        echo(f"# sweep {sweep.name}: {sweep.search.num_samples} trials, objective {sweep.objective.name}, "
+        pack = spec.sweep.search.pack
+        packs = f" in packs of {pack} per Ray trial" if isinstance(pack, int) and pack > 1 else ""
+        echo(f"# sweep {sweep.name}: {sweep.search.num_samples} trials{packs}, objective {sweep.objective.name}, "
              f"W&B {spec.wandb_mode} -> {spec.experiment_dir}")
         run_and_finish(spec, address, resume=False, verbose=verbose)
 
