@@ -193,7 +193,7 @@ def test_per_row_optimizer_is_each_row_alone(name: str) -> None:
         for k, opt in enumerate(rows):
             opt.step([g[k:k + 1].clone() for g in grads])
             for mine, theirs in zip(params, opt.params, strict=True):
-                torch.testing.assert_close(mine[k:k + 1], theirs, rtol=0, atol=1e-14,
+                torch.testing.assert_close(mine[k:k + 1], theirs, rtol=0, atol=0,
                                            msg=lambda m, k=k, step=step: f"{name} row {k} step {step}: {m}")
 
 

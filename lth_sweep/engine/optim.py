@@ -5,10 +5,11 @@ torch.optim.Adam (L2 weight decay, bias correction):
 - `SGD`, `Adam`: PyTorch's fused kernels (`fused=True`), one pass over parameters, gradients and state per
   step, which matters once K stacked replicates no longer fit in the CPU's caches. Every row (replicate)
   shares one learning rate, momentum, weight decay and Adam step count.
-- `RowSGD`, `RowAdam`: the same update written with broadcast tensor ops, where each row has its own
-  learning rate, momentum, weight decay and Adam step count ([K] tensors): the members of a pack (different
-  configs stacked in one population, some starting later than others). Still no host sync, so a CUDA graph
-  captures the whole step and the rates can change between replays.
+- `RowSGD`, `RowAdam`: each row its own learning rate, momentum, weight decay and Adam step count: the members of
+  a pack (different configs stacked in one population, some starting later than others). The same fused
+  kernels, called once per row on the row's slice of every tensor, so each row is updated bit for bit as it
+  would be alone; the rates and step counts are [K] tensors on the device, so a CUDA graph still captures the
+  whole step and the rates can change between replays.
 Both keep their state as lists of [K, ...] tensors; the step counts are saved per row in either.
 """
 
@@ -23,11 +24,6 @@ Tensors = list[torch.Tensor]
 
 def _rows(values: Sequence[float], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     return torch.tensor(list(values), dtype=dtype or like.dtype, device=like.device)
-
-
-def _per_row(values: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """[K] -> [K, 1, ..., 1], broadcasting against a [K, ...] parameter."""
-    return values.view(-1, *[1] * (param.dim() - 1))
 
 
 class StackedOptimizer:
@@ -119,18 +115,17 @@ class Adam(StackedOptimizer):
 
 
 class RowSGD(StackedOptimizer):
-    """SGD with its own learning rate, momentum and weight decay per row."""
+    """SGD with its own learning rate, momentum and weight decay per row: the fused kernel once per row (on a
+    row's contiguous slice of every tensor), so each row is updated exactly as it would be alone."""
 
     state_names = ("buffers",)
 
     def __init__(self, params: Tensors, lr: Sequence[float], momentum: Sequence[float],
                  weight_decay: Sequence[float]) -> None:
         super().__init__(params)
-        first = params[0]
-        self.lr = _rows(lr, first, torch.float32)  # as the fused kernels hold it
-        self.momentum = _rows(momentum, first)
-        self.weight_decay = _rows(weight_decay, first)
-        self.decays = any(weight_decay)
+        self.lr = _rows(lr, params[0], torch.float32)  # as the fused kernels hold it
+        self.momentum = [float(m) for m in momentum]
+        self.weight_decay = [float(w) for w in weight_decay]
         self.buffers = [torch.zeros_like(p) for p in params]
 
     def restart_rows(self, rows: list[int]) -> None:
@@ -140,15 +135,17 @@ class RowSGD(StackedOptimizer):
 
     @torch.no_grad()
     def step(self, grads: Tensors) -> None:
-        for p, g, buf in zip(self.params, grads, self.buffers, strict=True):
-            if self.decays:
-                g = g + _per_row(self.weight_decay, p) * p
-            buf.mul_(_per_row(self.momentum, p)).add_(g)  # zero buffer: the first step is buf = grad
-            p.sub_(_per_row(self.lr.to(p.dtype), p) * buf)
+        for k in range(self.rows):
+            momentum = self.momentum[k]
+            torch._fused_sgd_([p[k] for p in self.params], [g[k] for g in grads],
+                              [b[k] for b in self.buffers] if momentum else [], weight_decay=self.weight_decay[k],
+                              momentum=momentum, lr=self.lr[k], dampening=0.0, nesterov=False, maximize=False,
+                              is_first_step=False)
 
 
 class RowAdam(StackedOptimizer):
-    """Adam with its own learning rate, weight decay and step count per row (betas and eps are shared)."""
+    """Adam with its own learning rate, weight decay and step count per row (betas and eps are shared): the fused
+    kernel once per row, so each row is updated exactly as it would be alone."""
 
     state_names = ("exp_avg", "exp_avg_sq", "steps")
 
@@ -157,8 +154,7 @@ class RowAdam(StackedOptimizer):
         super().__init__(params)
         first = params[0]
         self.lr = _rows(lr, first, torch.float32)  # as the fused kernels hold it
-        self.weight_decay = _rows(weight_decay, first)
-        self.decays = any(weight_decay)
+        self.weight_decay = [float(w) for w in weight_decay]
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.exp_avg = [torch.zeros_like(p) for p in params]
@@ -180,16 +176,11 @@ class RowAdam(StackedOptimizer):
     def step(self, grads: Tensors) -> None:
         steps = self.steps[0]
         steps.add_(1)
-        # the bias corrections in double precision, as the fused kernels compute them
-        step_size = self.lr.double() / (1 - torch.pow(self.beta1, steps.double()))
-        bias2_sqrt = (1 - torch.pow(self.beta2, steps.double())).sqrt()
-        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq, strict=True):
-            if self.decays:
-                g = g + _per_row(self.weight_decay, p) * p
-            m.lerp_(g, 1 - self.beta1)
-            v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
-            denom = (v.sqrt() / _per_row(bias2_sqrt.to(p.dtype), p)).add_(self.eps)
-            p.sub_(_per_row(step_size.to(p.dtype), p) * m / denom)
+        for k in range(self.rows):
+            torch._fused_adam_([p[k] for p in self.params], [g[k] for g in grads], [m[k] for m in self.exp_avg],
+                               [v[k] for v in self.exp_avg_sq], [], [steps[k]] * len(self.params), lr=self.lr[k],
+                               beta1=self.beta1, beta2=self.beta2, weight_decay=self.weight_decay[k], eps=self.eps,
+                               amsgrad=False, maximize=False)
 
 
 def build_optimizer(name: str, params: Tensors, lr: float | Sequence[float], momentum: float | Sequence[float],
