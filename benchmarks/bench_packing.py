@@ -1,7 +1,7 @@
 """Packing trials on one GPU: aggregate throughput of P processes sharing the GPU, as Ray runs P trials
 with `resources.gpu: 1/P`. Needs only torch (and pydantic, PyYAML for the config schema).
 
-    python benchmarks/bench_packing.py [--procs 1 2 4 8] [--steps 600] [--models lenet_300_100 resnet20]
+    python benchmarks/bench_packing.py [--procs 1 2 4 8] [--steps 600] [--models lenet_300_100 resnet20 conv4]
 
 Each process trains one model (K = 1, graphed step on CUDA) on synthetic data; all start timing
 together (a barrier), and the row reports the sum of their model-epochs per second.
@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-STEPS_PER_EPOCH = {"lenet_300_100": 60000 // 60, "resnet20": 50000 // 128}
+STEPS_PER_EPOCH = {"lenet_300_100": 60000 // 60, "resnet20": 50000 // 128, "conv4": 50000 // 60}
 
 
-def worker(model: str, steps: int, barrier, results, device_name: str) -> None:
+def worker(model: str, steps: int, barrier, results, device_name: str, threads: int) -> None:
     from gpu_checks import WORKLOADS, half_masks, synthetic
 
     from lth_sweep.config import build_experiment
@@ -32,6 +32,7 @@ def worker(model: str, steps: int, barrier, results, device_name: str) -> None:
     from lth_sweep.engine.train import EarlyStop, PhaseTrainer
 
     device = torch.device(device_name)
+    torch.set_num_threads(threads)  # on a CPU, as a trial does (runtime.threads)
     raw, shape, n = WORKLOADS[model]
     warmup = 20
     config = build_experiment({**raw, "train": {**raw["train"], "iterations": warmup + steps,
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--models", nargs="+", default=["lenet_300_100", "resnet20"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1, as a trial)")
     args = parser.parse_args()
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"device: {name}, torch {torch.__version__}; {args.steps} timed steps per process")
@@ -70,7 +72,8 @@ def main() -> None:
         base = None
         for procs in args.procs:
             barrier, results = ctx.Barrier(procs), ctx.Queue()
-            workers = [ctx.Process(target=worker, args=(model, args.steps, barrier, results, args.device))
+            workers = [ctx.Process(target=worker, args=(model, args.steps, barrier, results, args.device,
+                                                                  args.threads))
                        for _ in range(procs)]
             for w in workers:
                 w.start()

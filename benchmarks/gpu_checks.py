@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lth_sweep import pruning  # noqa: E402
 from lth_sweep.config import build_experiment  # noqa: E402
+from lth_sweep.engine import pruning  # noqa: E402
 from lth_sweep.engine.data import DatasetSplits  # noqa: E402
 from lth_sweep.engine.models import build_model  # noqa: E402
 from lth_sweep.engine.population import Population  # noqa: E402
@@ -35,14 +35,18 @@ WORKLOADS = {
     "resnet20": ({"dataset": {"name": "cifar10", "augment": True}, "model": {"name": "resnet20"},
                   "train": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
                             "batch_size": 128}}, (3, 32, 32), 5120),
+    "conv4": ({"dataset": {"name": "cifar10", "augment": False}, "model": {"name": "conv4"},
+               "train": {"optimizer": "adam", "lr": 3e-4, "batch_size": 60}}, (3, 32, 32), 6000),
 }
 
 
-def synthetic(shape: tuple[int, ...], n: int, augment: bool, device: torch.device) -> DatasetSplits:
+def synthetic(shape: tuple[int, ...], n: int, augment: bool, device: torch.device,
+              n_eval: int = 512) -> DatasetSplits:
+    """n random training examples with 10 classes; validation and test are their first `n_eval`."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, *shape, generator=gen).to(device)
     y = torch.randint(0, 10, (n,), generator=gen).to(device)
-    return DatasetSplits("synthetic", x, y, x[:512], y[:512], x[:512], y[:512], shape, 10, augment)
+    return DatasetSplits("synthetic", x, y, x[:n_eval], y[:n_eval], x[:n_eval], y[:n_eval], shape, 10, augment)
 
 
 def half_masks(pop: Population, seeds: list[int]) -> pruning.Masks:

@@ -20,6 +20,11 @@ section "engine vs reference loop"
 timeout 240 python3 benchmarks/bench_engine.py --device cuda --resnet-ks 8 32 128 --json "$out/bench_engine.json" 2>&1 | tee "$out/bench_engine.txt"
 section "packing trials on one GPU"
 timeout 110 python3 benchmarks/bench_packing.py --procs 1 2 4 8 --steps 300 2>&1 | tee "$out/bench_packing.txt"
+section "packing different configs in one trial (configs x rounds per hour)"
+timeout 90 python3 benchmarks/bench_pack.py --device cuda --models lenet_300_100 --ks 1 4 16 64 --rounds 2 \
+  --iterations 500 --json "$out/bench_pack_lenet.json" 2>&1 | tee "$out/bench_pack_lenet.txt"
+timeout 90 python3 benchmarks/bench_pack.py --device cuda --models conv4 resnet20 --ks 1 4 16 --rounds 2 \
+  --iterations 100 --json "$out/bench_pack_conv.json" 2>&1 | tee "$out/bench_pack_conv.txt"
 section "a real trial on the GPU (MNIST-1D, 3 rounds, 4 replicates)"
 timeout 60 python3 -m lth_sweep.cli run sweeps/experiments/mnist1d_mlp.yaml --set device=cuda \
   --set prune.rounds=3 --set replicates=4 --out /tmp/lth_gpu_trial 2>&1 | tee "$out/trial.txt"
