@@ -7,7 +7,8 @@
 For each model and K, K configs that differ as an Optuna sweep's suggestions do (learning rate, prune rate,
 rewind iteration, seed), each trained for R IMP rounds of N iterations, run on the same machine in one run:
   alone   each config as its own `Trial(config, dir, data=...)`, one after another (one config per trial)
-  packed  `Pack([Trial(...) for each config]).run()` (the K configs as one stacked population)
+  packed  `Pack([Trial(...) for each config]).run()` (the K configs as one stacked population; on a CPU by
+          default member after member, `runtime.pack_stacking: auto`; `--stacking stacked` forces the stack)
 Both write their trial directories (state.pt, rewind.pt, rounds.jsonl) into a temporary folder, deleted after.
 The timed region is the whole `run()` of every trial: building the trainer every phase, the steps, CUDA-graph
 capture (on CUDA, once per phase, as in a sweep), evaluation every `eval_every` iterations, pruning and saving
@@ -87,7 +88,7 @@ class Row:
 
 
 def suggestions(model: str, count: int, iterations: int, device: str, threads: int,
-                rounds: int, eval_every: int, seed: int = 0) -> list[ExperimentConfig]:
+                rounds: int, eval_every: int, seed: int = 0, stacking: str = "auto") -> list[ExperimentConfig]:
     """`count` configs that differ as a sweep's suggestions do: lr log-uniform in [base/2, 2 base], prune rate
     in [0.1, 0.3], rewind iteration in [0, N/10], seed. The first k of them are the pack of size k."""
     raw = WORKLOADS[model][0]
@@ -100,7 +101,7 @@ def suggestions(model: str, count: int, iterations: int, device: str, threads: i
                             "eval_every": eval_every},
                   "prune": {**PRUNE[model], "rate": round(rng.uniform(0.1, 0.3), 4), "rounds": rounds},
                   "rewind": {"iteration": rng.randint(0, iterations // 10)},
-                  "runtime": {"threads": threads}}
+                  "runtime": {"threads": threads, "pack_stacking": stacking}}
         configs.append(build_experiment(config))
     return configs
 
@@ -141,12 +142,13 @@ def measure_model(model: str, ks: list[int], rounds: int, iterations: int, args:
     """Every K of one model, each row handed to `on_row` as soon as it is measured."""
     raw, shape, _ = WORKLOADS[model]
     eval_every = args.eval_every or min(100, iterations)
-    configs = suggestions(model, max(ks), iterations, device.type, args.threads, rounds, eval_every)
+    configs = suggestions(model, max(ks), iterations, device.type, args.threads, rounds, eval_every,
+                          stacking=args.stacking)
     assert len(split_packs(configs, max(ks))) == 1, "the suggestions must fit one pack"
     augment = bool(configs[0].dataset.augment)
     data = synthetic(shape, TRAIN_EXAMPLES[model], augment, device, n_eval=args.eval_examples)
     warm = suggestions(model, max(ks), args.warmup_iterations, device.type, args.threads, 1,
-                       args.warmup_iterations, seed=1)
+                       args.warmup_iterations, seed=1, stacking=args.stacking)
     print(f"\n{model}: {rounds} rounds x {iterations} iterations per config, batch {configs[0].train.batch_size}, "
           f"eval every {eval_every} on {args.eval_examples} examples; {TRAIN_EXAMPLES[model]} training examples "
           f"({len(data.train_x) // configs[0].train.batch_size} steps/epoch)", flush=True)
@@ -237,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-iterations", type=int, default=None,
                         help="iterations of the untimed warm-up round (default 20 on cuda, 2 on cpu)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (runtime.threads; default 1)")
+    parser.add_argument("--stacking", choices=("auto", "stacked", "sequential"), default="auto",
+                        help="runtime.pack_stacking of the packed side (auto: stacked on cuda, sequential on cpu)")
     parser.add_argument("--json", help="also write rows, targets and the machine to this file (after every row)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -260,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     def write_json(final: bool) -> None:
         if not args.json:
             return
-        payload = {"date": when, "argv": sys.argv, "device": info, "load_average_before": load_before,
+        payload = {"date": when, "argv": sys.argv, "device": info, "stacking": args.stacking,
+                   "load_average_before": load_before,
                    "load_average_now": os.getloadavg(), "other_cpu_share": other_cpu.share(), "finished": final,
                    "eval_examples": args.eval_examples, "repeats": args.repeats,
                    "warmup_iterations": args.warmup_iterations, "rows": [asdict(r) for r in rows],
