@@ -7,6 +7,8 @@ density, from identical initial weights:
   graph vs eager   whole-step CUDA graph against the eager step, K = 1 and K = 4
   stack vs alone   K = 4 stacked replicates against each replicate trained alone (graphed)
   masks            pruned weights are still exactly zero after training
+  pack vs alone    4 different configs (lr, prune rate, rewind point, seed) as one stacked pack through 2 IMP
+                   rounds against each alone: train_loss difference and densities
 Runs in fp32 without TF32 and with deterministic cuDNN algorithms, so differences are rounding only:
 prints the largest absolute weight difference per check (bf16 autocast, which applies to one model only,
 is off so stacked and alone compare like with like). Few steps: SGD at lr 0.1 on random labels amplifies
@@ -78,6 +80,34 @@ def train(name: str, seeds: list[int], steps: int, graph: bool, device: torch.de
     return pop, masks
 
 
+def pack_vs_alone(name: str, steps: int, device: torch.device) -> tuple[float, bool]:
+    """Four configs that differ in lr, prune rate, rewind point (rows that start late) and seed, 2 IMP rounds of
+    `steps` iterations, as one stacked (graphed) pack against each alone: the largest |train_loss| difference of
+    any round, and whether every round's density agrees."""
+    import tempfile
+    from pathlib import Path
+
+    from lth_sweep.engine.lottery import Trial
+    from lth_sweep.engine.pack import Pack
+
+    raw, shape, n = WORKLOADS[name]
+    configs = [build_experiment({**raw, "seed": k, "device": device.type,
+                                 "train": {**raw["train"], "lr": raw["train"]["lr"] * (1 + k / 4), "iterations": steps,
+                                           "eval_every": steps},
+                                 "prune": {"rate": 0.2 + 0.05 * k, "rounds": 2}, "rewind": {"iteration": 2 * k},
+                                 "runtime": {"tf32": False, "bf16": False, "deterministic": True,
+                                             "pack_stacking": "stacked"}}) for k in range(4)]
+    data = synthetic(shape, n, bool(configs[0].dataset.augment), device)
+    with tempfile.TemporaryDirectory() as tmp:
+        alone = [Trial(c, Path(tmp) / f"a{k}", data=data).run() for k, c in enumerate(configs)]
+        packed = Pack([Trial(c, Path(tmp) / f"p{k}", data=data) for k, c in enumerate(configs)]).run()
+    diff = max(abs(a["train_loss"] - p["train_loss"]) for ra, rp in zip(alone, packed, strict=True)
+               for a, p in zip(ra, rp, strict=True))
+    same_density = all(a["density"] == p["density"] for ra, rp in zip(alone, packed, strict=True)
+                       for a, p in zip(ra, rp, strict=True))
+    return diff, same_density
+
+
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k].detach().float() - b[k].detach().float()).abs().max()) for k in a)
 
@@ -104,9 +134,13 @@ def main() -> None:
         rows.append((label, "stack K=4 vs alone", stacked_vs_alone))
         leaked = max(float((graph4.params[k].detach() * (~m)).abs().max()) for k, m in masks4.items())
         rows.append((label, "pruned weights after training", leaked))
-    print(f"{'model x steps':<22}{'check':<32}{'max |diff|':>12}")
+    for name, steps in (("lenet_300_100", 100), ("resnet20", 5)) if cuda else (("lenet_300_100", 20),):
+        diff, same_density = pack_vs_alone(name, steps, device)
+        rows.append((f"{name} x{steps} x2 rounds", "pack of 4 configs vs alone (loss)", diff))
+        rows.append((f"{name} x{steps} x2 rounds", "pack: densities differ (0 = no)", float(not same_density)))
+    print(f"{'model x steps':<28}{'check':<36}{'max |diff|':>12}")
     for label, check, value in rows:
-        print(f"{label:<22}{check:<32}{value:>12.3e}")
+        print(f"{label:<28}{check:<36}{value:>12.3e}")
 
 
 if __name__ == "__main__":
