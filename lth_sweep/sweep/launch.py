@@ -7,8 +7,11 @@ import os
 import re
 import shlex
 import signal
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from lth_sweep.sweep.optuna_store import StudyStore, check_new_study, store_loca
 from lth_sweep.sweep.schema import ResourcesConfig, SweepConfig, objective_metrics
 from lth_sweep.sweep.spec import SPEC_FILE, LaunchSpec, save_spec
 from lth_sweep.sweep.tracking import resolve_mode
-from lth_sweep.sweep.trainable import FAIL_ONCE_ENV, imp_trainable
+from lth_sweep.sweep.trainable import imp_trainable
 
 
 def make_sampler(sweep: SweepConfig):
@@ -98,22 +101,51 @@ def build_tuner(spec: LaunchSpec, on_cluster: bool, callbacks: list[Any] | None 
     )
 
 
-def init_ray(address: str | None, spec: LaunchSpec) -> str | None:
-    """Starts (or joins) Ray; returns a warning for the terminal when no node of the cluster fits a trial.
-    The W&B API key is not in the runtime_env (Ray writes that to its logs): local workers inherit it
-    from this process, a cluster's workers read their own environment or W&B's credential file."""
-    import ray
+# Tune gives its trial actors a runtime_env of its own (class_cache.py), so they never run in the workers a raylet
+# prestarts; those would only take CPU from the start-up on a small machine
+NO_PRESTART = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
+
+
+def worker_env(spec: LaunchSpec) -> dict[str, str]:
+    """What trial workers need in their environment from this driver; never a secret."""
+    from lth_sweep.sweep.trainable import FAIL_ONCE_ENV
 
     env_vars = {"WANDB_MODE": spec.wandb_mode, "WANDB_SILENT": "true"}
     if os.environ.get(FAIL_ONCE_ENV):
         env_vars[FAIL_ONCE_ENV] = os.environ[FAIL_ONCE_ENV]
+    return env_vars
+
+
+@contextmanager
+def environ_set(values: dict[str, str]) -> Iterator[None]:
+    """`os.environ` holds `values` inside the block and is as before after it."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def init_ray(address: str | None, spec: LaunchSpec) -> str | None:
+    """Starts (or joins) Ray; returns a warning for the terminal when no node of the cluster fits a trial.
+    A Ray started here gets no runtime_env and prestarts no workers (NO_PRESTART): the raylet and its workers
+    inherit `worker_env` from this process's environment, set only while ray.init starts them. A joined cluster's
+    workers get `worker_env` through the runtime_env. The W&B API key is never in the runtime_env (Ray writes
+    that to its logs): local workers inherit it from this process, a cluster's workers read their own
+    environment or W&B's credential file."""
+    import ray
+
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": True}
-    if address is None:
-        kwargs["include_dashboard"] = False
-    ray.init(address=address, **kwargs)
     if on_cluster(address):
+        ray.init(address=address, runtime_env={"env_vars": worker_env(spec)}, log_to_driver=True)
         return no_node_fits(spec.sweep.resources, [node["Resources"] for node in ray.nodes() if node["Alive"]])
+    with environ_set(worker_env(spec)):
+        ray.init(include_dashboard=False, log_to_driver=True, _system_config=NO_PRESTART)
     return None
 
 
@@ -273,10 +305,28 @@ def shutdown_ray() -> None:
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         ours = ray_session_processes()
+        if ours:
+            kill_autoscaler_monitor()
         ray.shutdown()
         end_processes(ours)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def kill_autoscaler_monitor() -> None:
+    """SIGKILLs the autoscaler monitor of the Ray instance this driver started: it holds nothing of ours, and
+    ray.shutdown() would give it 1 s to heed a SIGTERM that it does not heed."""
+    import ray
+    from ray._private import ray_constants
+
+    node = ray._private.worker._global_node
+    for info in getattr(node, "all_processes", {}).get(ray_constants.PROCESS_TYPE_MONITOR, []):
+        if info.process.poll() is None:
+            info.process.kill()
+            try:
+                info.process.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                pass  # end_processes deals with it
 
 
 def ray_session_processes() -> list[tuple[int, str]]:
