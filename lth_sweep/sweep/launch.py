@@ -17,11 +17,11 @@ from typing import Any
 
 from lth_sweep import storage
 from lth_sweep.errors import UserError
+from lth_sweep.sweep.entry import imp_trainable
 from lth_sweep.sweep.optuna_store import StudyStore, check_new_study, store_location
 from lth_sweep.sweep.schema import ResourcesConfig, SweepConfig, objective_metrics
 from lth_sweep.sweep.spec import SPEC_FILE, LaunchSpec, save_spec
 from lth_sweep.sweep.tracking import resolve_mode
-from lth_sweep.sweep.trainable import imp_trainable
 
 
 def make_sampler(sweep: SweepConfig):
@@ -108,12 +108,18 @@ NO_PRESTART = {"enable_worker_prestart": False, "prestart_worker_first_driver": 
 
 def worker_env(spec: LaunchSpec) -> dict[str, str]:
     """What trial workers need in their environment from this driver; never a secret."""
+    return {"WANDB_MODE": spec.wandb_mode, "WANDB_SILENT": "true"}
+
+
+def cluster_runtime_env(spec: LaunchSpec) -> dict[str, Any]:
+    """A joined cluster's runtime_env: `worker_env`, and the tests' fault injection when it is set here (a Ray
+    started here passes this whole environment on)."""
     from lth_sweep.sweep.trainable import FAIL_ONCE_ENV
 
-    env_vars = {"WANDB_MODE": spec.wandb_mode, "WANDB_SILENT": "true"}
+    env_vars = worker_env(spec)
     if os.environ.get(FAIL_ONCE_ENV):
         env_vars[FAIL_ONCE_ENV] = os.environ[FAIL_ONCE_ENV]
-    return env_vars
+    return {"env_vars": env_vars}
 
 
 @contextmanager
@@ -142,7 +148,7 @@ def init_ray(address: str | None, spec: LaunchSpec) -> str | None:
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if on_cluster(address):
-        ray.init(address=address, runtime_env={"env_vars": worker_env(spec)}, log_to_driver=True)
+        ray.init(address=address, runtime_env=cluster_runtime_env(spec), log_to_driver=True)
         return no_node_fits(spec.sweep.resources, [node["Resources"] for node in ray.nodes() if node["Alive"]])
     with environ_set(worker_env(spec)):
         ray.init(include_dashboard=False, log_to_driver=True, _system_config=NO_PRESTART)
@@ -172,19 +178,26 @@ def check_resources(resources: ResourcesConfig, address: str | None) -> None:
     """Refuses, before Ray starts, a trial size that Ray started on this machine could never place."""
     if on_cluster(address):
         return
-    import torch
-
-    gpus = torch.cuda.device_count()
-    if resources.gpu > gpus:
-        have = "no GPU" if gpus == 0 else f"{gpus} GPU{'s' if gpus > 1 else ''}"
-        allowed = "0" if gpus == 0 else f"0 to {gpus} (fractions share a GPU)"
-        raise UserError("resources.gpu", f"{resources.gpu:g} per trial, but this machine has {have} "
-                                         f"(torch.cuda.device_count() is {gpus}); allowed here: {allowed}, "
-                                         "or run on a cluster with --address")
+    if resources.gpu > 0:
+        check_gpus(resources.gpu)
     cpus = machine_cpus()
     if resources.cpu > cpus:
         raise UserError("resources.cpu", f"{resources.cpu:g} per trial, but this machine has {cpus} CPUs; "
                                          f"allowed here: up to {cpus}, or run on a cluster with --address")
+
+
+def check_gpus(wanted: float) -> None:
+    """Refuses a GPU share per trial that this machine's GPUs cannot give (torch counts them: only asked when
+    a trial wants a GPU, as importing torch costs the driver a second)."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if wanted > gpus:
+        have = "no GPU" if gpus == 0 else f"{gpus} GPU{'s' if gpus > 1 else ''}"
+        allowed = "0" if gpus == 0 else f"0 to {gpus} (fractions share a GPU)"
+        raise UserError("resources.gpu", f"{wanted:g} per trial, but this machine has {have} "
+                                         f"(torch.cuda.device_count() is {gpus}); allowed here: {allowed}, "
+                                         "or run on a cluster with --address")
 
 
 def no_node_fits(resources: ResourcesConfig, nodes: list[dict[str, float]]) -> str | None:
@@ -285,15 +298,26 @@ def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool
                 # (no public API sets them on a restored Tuner; a Ray Client tuner has no local one)
                 if tuner._local_tuner is not None:
                     run_config = tuner._local_tuner.get_run_config()
-                    run_config.callbacks = [progress]
+                    run_config.callbacks = [progress, *result_loggers()]
                     run_config.verbose = 1 if verbose else 0
             else:
-                tuner = build_tuner(spec, on_cluster=address is not None, callbacks=[progress], verbose=verbose)
+                tuner = build_tuner(spec, on_cluster=address is not None, callbacks=[progress, *result_loggers()],
+                                    verbose=verbose)
             return tuner.fit(), False
         except KeyboardInterrupt:  # a second Ctrl+C (Tune handles the first), or one before Tune started
             return None, True
         finally:
             shutdown_ray()
+
+
+def result_loggers() -> list[Any]:
+    """Tune's per-trial result files (result.json, progress.csv), given explicitly so that Tune adds no logger of
+    its own (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): its TensorBoard logger would import tensorboardX and torch into
+    the driver (a second or more of start-up) and write event files that nothing here reads (W&B has every round)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
 def shutdown_ray() -> None:

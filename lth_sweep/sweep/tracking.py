@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from lth_sweep.checkpoint import write_text
 from lth_sweep.errors import UserError
 from lth_sweep.sweep.objectives import BEST_BY_VAL_KEYS
 from lth_sweep.sweep.schema import WandbConfig
@@ -237,8 +238,6 @@ class Tracker:
         try:
             self.run.finish()
             if self.pending_round > self.logged_round:
-                from lth_sweep.checkpoint import write_text  # torch: not imported by a driver that only resolves modes
-
                 self.logged_round = self.pending_round
                 write_text(self.logged_rounds_path, json.dumps({"round": self.logged_round}))
         except Exception as err:  # noqa: BLE001
