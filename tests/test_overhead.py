@@ -1,6 +1,7 @@
 """What keeps a sweep's fixed cost small (issue 11 part 5; figures in benchmarks/RESULTS.md), each with the
 guarantee next to it: a Ray started here has no runtime_env and prestarts no workers, yet its workers get W&B's
-mode and this driver's environment is as before; its shutdown leaves none of its processes; the driver never
+mode and the trainable preloaded, and this driver's environment is as before; its shutdown leaves none of its
+processes; the driver never
 imports torch; an offline W&B run starts in the background and gets every row logged meanwhile, in order; the
 program's early exit still flushes its output and keeps its exit code. Real Ray (local), real W&B (offline)."""
 
@@ -70,10 +71,12 @@ def test_local_ray_has_no_runtime_env_and_shuts_down_whole(ray_tmp: Path, data_r
         assert workers(ray_session_processes()) == [], "workers prestarted for nothing (Tune's actors never use them)"
 
         @ray.remote(num_cpus=1)
-        def worker_view() -> tuple[dict, str | None, str | None]:
-            return ray.get_runtime_context().runtime_env, os.environ.get("WANDB_MODE"), os.environ.get("WANDB_SILENT")
+        def worker_view() -> tuple[dict, str | None, str | None, bool]:
+            return (ray.get_runtime_context().runtime_env, os.environ.get("WANDB_MODE"),
+                    os.environ.get("WANDB_SILENT"), "lth_sweep.sweep.trainable" in sys.modules)
 
-        assert ray.get(worker_view.remote(), timeout=60) == ({}, "disabled", "true")
+        # the trainable (torch) preloaded in the worker's main thread, not first imported in Tune's trial thread
+        assert ray.get(worker_view.remote(), timeout=60) == ({}, "disabled", "true", True)
         ours = ray_session_processes()
         assert len(ours) >= 5 and workers(ours)  # gcs, raylet, monitor, dashboard, agents, the task's worker
     finally:

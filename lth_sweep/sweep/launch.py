@@ -102,8 +102,12 @@ def build_tuner(spec: LaunchSpec, on_cluster: bool, callbacks: list[Any] | None 
 
 
 # Tune gives its trial actors a runtime_env of its own (class_cache.py), so they never run in the workers a raylet
-# prestarts; those would only take CPU from the start-up on a small machine
-NO_PRESTART = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
+# prestarts; those would only take CPU from the start-up on a small machine. Each worker imports the trainable's
+# module (the engine, torch) in its main thread as it starts: the driver refers to the trial function through
+# lth_sweep.sweep.entry, which imports none of it, and torch first imported in Tune's trial thread leaves the
+# worker in a state where Ray's SIGTERM at the actor's end lands in a weakref callback (a traceback, no exit).
+LOCAL_RAY_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False,
+                    "preload_python_modules": ["lth_sweep.sweep.trainable"]}
 
 
 def worker_env(spec: LaunchSpec) -> dict[str, str]:
@@ -139,7 +143,7 @@ def environ_set(values: dict[str, str]) -> Iterator[None]:
 
 def init_ray(address: str | None, spec: LaunchSpec) -> str | None:
     """Starts (or joins) Ray; returns a warning for the terminal when no node of the cluster fits a trial.
-    A Ray started here gets no runtime_env and prestarts no workers (NO_PRESTART): the raylet and its workers
+    A Ray started here gets no runtime_env and prestarts no workers (LOCAL_RAY_CONFIG): the raylet and its workers
     inherit `worker_env` from this process's environment, set only while ray.init starts them. A joined cluster's
     workers get `worker_env` through the runtime_env. The W&B API key is never in the runtime_env (Ray writes
     that to its logs): local workers inherit it from this process, a cluster's workers read their own
@@ -151,7 +155,7 @@ def init_ray(address: str | None, spec: LaunchSpec) -> str | None:
         ray.init(address=address, runtime_env=cluster_runtime_env(spec), log_to_driver=True)
         return no_node_fits(spec.sweep.resources, [node["Resources"] for node in ray.nodes() if node["Alive"]])
     with environ_set(worker_env(spec)):
-        ray.init(include_dashboard=False, log_to_driver=True, _system_config=NO_PRESTART)
+        ray.init(include_dashboard=False, log_to_driver=True, _system_config=LOCAL_RAY_CONFIG)
     return None
 
 

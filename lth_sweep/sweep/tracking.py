@@ -226,17 +226,23 @@ class Tracker:
         self._call(log)
 
     def finish(self) -> None:
-        """Waits for the run's start, finishes the run (W&B has then written its rows) and records its rounds.
-        W&B's service stays up for the next trial in this worker (it exits with the worker)."""
+        """Waits for the run's start, finishes the run (W&B has then written its rows), stops W&B's service and
+        records the run's rounds. The service is stopped now, not by W&B's atexit hook in a worker that Ray ends
+        with its process group (the service is gone by then and the hook fails with a traceback); the next
+        trial's start, in the background, starts it again."""
         if self._starter is not None:
             self._starter.join()
+            self._starter = None  # let go of the thread here, in the trial's thread, not in Ray's main thread later
         for text in self._thread_notices:  # too late for a report: the worker's log has them
             self.notices.append(text)
         self._thread_notices.clear()
         if self.run is None:
             return
         try:
+            import wandb
+
             self.run.finish()
+            wandb.teardown()
             if self.pending_round > self.logged_round:
                 self.logged_round = self.pending_round
                 write_text(self.logged_rounds_path, json.dumps({"round": self.logged_round}))
