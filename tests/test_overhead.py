@@ -1,9 +1,9 @@
 """What keeps a sweep's fixed cost small (issue 11 part 5; figures in benchmarks/RESULTS.md), each with the
 guarantee next to it: a Ray started here has no runtime_env and prestarts no workers, yet its workers get W&B's
 mode and the trainable preloaded, and this driver's environment is as before; its shutdown leaves none of its
-processes; the driver never
-imports torch; an offline W&B run starts in the background and gets every row logged meanwhile, in order; the
-program's early exit still flushes its output and keeps its exit code. Real Ray (local), real W&B (offline)."""
+processes; the driver never imports torch; an offline W&B run starts in the background and gets every row
+logged meanwhile, in order; the program's early exit still flushes its output and keeps its exit code.
+Real Ray (local), real W&B (offline)."""
 
 from __future__ import annotations
 
