@@ -84,9 +84,9 @@ def print_phases(by_hash: dict[str, list[dict]], ledger: list[dict], started_at:
     first_start, last_end = min(s for s, _ in spans), max(e for _, e in spans)
     busy = sum(e - s for s, e in spans)
     span = last_end - first_start
-    by_trial: dict[str, list[tuple[float, float]]] = {}
+    by_trial: dict[tuple[str, str], list[tuple[float, float]]] = {}  # per config of a trial (search.pack > 1)
     for entry, interval in zip(ledger, spans, strict=True):
-        by_trial.setdefault(entry["trial_id"], []).append(interval)
+        by_trial.setdefault((entry["trial_id"], entry["config_hash"]), []).append(interval)
     within = [later[0] - earlier[1] for rounds in map(sorted, by_trial.values())
               for earlier, later in itertools.pairwise(rounds)]
     idle = slots * span - busy
