@@ -13,11 +13,12 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
-
-import torch
+from typing import IO, TYPE_CHECKING, Any
 
 from lth_sweep.errors import CorruptFile, RunFailure
+
+if TYPE_CHECKING:  # torch is imported where it is used: a sweep's driver writes text files only
+    import torch
 
 
 def current_umask() -> int:
@@ -107,6 +108,8 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
+    import torch
+
     atomic_write(Path(path), lambda handle: torch.save(obj, handle))
 
 
@@ -118,6 +121,8 @@ def copy_file(source: str | Path, destination: str | Path) -> None:
 
 def load_torch(path: str | Path, device: torch.device | str = "cpu") -> Any:
     """torch.load with weights only; a file that is there but cannot be read raises CorruptFile naming it."""
+    import torch
+
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:

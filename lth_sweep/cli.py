@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shlex
 import sys
@@ -254,6 +255,7 @@ def run_and_finish(spec: LaunchSpec, address: str | None, resume: bool, verbose:
     """Runs the sweep and prints its summary; Ctrl+C at any point ends with the resume command and exit 130."""
     from lth_sweep.sweep.launch import driver_log_path, run_sweep
 
+    RAN_RAY.append(True)
     try:
         if not verbose:
             echo(f"# Ray's and Tune's own output goes to {driver_log_path(spec)} (-v shows it here)")
@@ -415,7 +417,42 @@ def fetch(path: str, out: Path, wandb_only: bool) -> None:
 DEBUG_ENV = "LTH_SWEEP_DEBUG"
 
 
+RAN_RAY: list[bool] = []  # a launch/resume ran in this process (then it may skip the interpreter's teardown)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """The program (`lth-sweep`, `python -m lth_sweep.cli`: argv None) or a call from Python code (argv given).
+    As the program, a launch or resume ends with `exit_now`: after Ray's shutdown everything is on disk, and
+    the interpreter's teardown of torch, Ray and Tune would add about a second."""
+    if argv is not None:
+        run_command(argv)
+        return
+    try:
+        run_command(None)
+        code: int | str | None = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    if not RAN_RAY:
+        sys.exit(code)
+    exit_now(code)
+
+
+def exit_now(code: int | str | None) -> None:
+    """What sys.exit(code) does, less the interpreter's teardown: flushes stdout and stderr, runs the atexit
+    handlers (Ray's, logging's), then os._exit."""
+    if isinstance(code, str):
+        echo(code, err=True)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code or 0)
+
+
+def run_command(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="lth-sweep", standalone_mode=False)
     except UserError as err:

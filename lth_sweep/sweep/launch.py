@@ -8,19 +8,22 @@ import os
 import re
 import shlex
 import signal
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from lth_sweep import storage
 from lth_sweep.config import build_experiment
 from lth_sweep.errors import UserError
+from lth_sweep.sweep.entry import imp_trainable
 from lth_sweep.sweep.optuna_store import StudyStore, check_new_study, store_location
 from lth_sweep.sweep.schema import ResourcesConfig, SweepConfig, objective_metrics
 from lth_sweep.sweep.spec import SPEC_FILE, LaunchSpec, save_spec
 from lth_sweep.sweep.tracking import resolve_mode
-from lth_sweep.sweep.trainable import FAIL_ONCE_ENV, imp_trainable
 
 
 def make_sampler(sweep: SweepConfig):
@@ -128,22 +131,61 @@ def start_member_asha(spec: LaunchSpec) -> Any:
         rounds, min(scheduler.grace_rounds, rounds), scheduler.reduction_factor, modes[0])
 
 
-def init_ray(address: str | None, spec: LaunchSpec) -> str | None:
-    """Starts (or joins) Ray; returns a warning for the terminal when no node of the cluster fits a trial.
-    The W&B API key is not in the runtime_env (Ray writes that to its logs): local workers inherit it
-    from this process, a cluster's workers read their own environment or W&B's credential file."""
-    import ray
+# Tune gives its trial actors a runtime_env of its own (class_cache.py), so they never run in the workers a raylet
+# prestarts; those would only take CPU from the start-up on a small machine. Each worker imports the trainable's
+# module (the engine, torch) in its main thread as it starts: the driver refers to the trial function through
+# lth_sweep.sweep.entry, which imports none of it, and torch first imported in Tune's trial thread leaves the
+# worker in a state where Ray's SIGTERM at the actor's end lands in a weakref callback (a traceback, no exit).
+LOCAL_RAY_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False,
+                    "preload_python_modules": ["lth_sweep.sweep.trainable"]}
 
-    env_vars = {"WANDB_MODE": spec.wandb_mode, "WANDB_SILENT": "true"}
+
+def worker_env(spec: LaunchSpec) -> dict[str, str]:
+    """What trial workers need in their environment from this driver; never a secret."""
+    return {"WANDB_MODE": spec.wandb_mode, "WANDB_SILENT": "true"}
+
+
+def cluster_runtime_env(spec: LaunchSpec) -> dict[str, Any]:
+    """A joined cluster's runtime_env: `worker_env`, and the tests' fault injection when it is set here (a Ray
+    started here passes this whole environment on)."""
+    from lth_sweep.sweep.trainable import FAIL_ONCE_ENV
+
+    env_vars = worker_env(spec)
     if os.environ.get(FAIL_ONCE_ENV):
         env_vars[FAIL_ONCE_ENV] = os.environ[FAIL_ONCE_ENV]
+    return {"env_vars": env_vars}
+
+
+@contextmanager
+def environ_set(values: dict[str, str]) -> Iterator[None]:
+    """`os.environ` holds `values` inside the block and is as before after it."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def init_ray(address: str | None, spec: LaunchSpec) -> str | None:
+    """Starts (or joins) Ray; returns a warning for the terminal when no node of the cluster fits a trial.
+    A Ray started here gets no runtime_env and prestarts no workers (LOCAL_RAY_CONFIG): the raylet and its workers
+    inherit `worker_env` from this process's environment, set only while ray.init starts them. A joined cluster's
+    workers get `worker_env` through the runtime_env. The W&B API key is never in the runtime_env (Ray writes
+    that to its logs): local workers inherit it from this process, a cluster's workers read their own
+    environment or W&B's credential file."""
+    import ray
+
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": True}
-    if address is None:
-        kwargs["include_dashboard"] = False
-    ray.init(address=address, **kwargs)
     if on_cluster(address):
+        ray.init(address=address, runtime_env=cluster_runtime_env(spec), log_to_driver=True)
         return no_node_fits(spec.sweep.resources, [node["Resources"] for node in ray.nodes() if node["Alive"]])
+    with environ_set(worker_env(spec)):
+        ray.init(include_dashboard=False, log_to_driver=True, _system_config=LOCAL_RAY_CONFIG)
     return None
 
 
@@ -170,19 +212,26 @@ def check_resources(resources: ResourcesConfig, address: str | None) -> None:
     """Refuses, before Ray starts, a trial size that Ray started on this machine could never place."""
     if on_cluster(address):
         return
-    import torch
-
-    gpus = torch.cuda.device_count()
-    if resources.gpu > gpus:
-        have = "no GPU" if gpus == 0 else f"{gpus} GPU{'s' if gpus > 1 else ''}"
-        allowed = "0" if gpus == 0 else f"0 to {gpus} (fractions share a GPU)"
-        raise UserError("resources.gpu", f"{resources.gpu:g} per trial, but this machine has {have} "
-                                         f"(torch.cuda.device_count() is {gpus}); allowed here: {allowed}, "
-                                         "or run on a cluster with --address")
+    if resources.gpu > 0:
+        check_gpus(resources.gpu)
     cpus = machine_cpus()
     if resources.cpu > cpus:
         raise UserError("resources.cpu", f"{resources.cpu:g} per trial, but this machine has {cpus} CPUs; "
                                          f"allowed here: up to {cpus}, or run on a cluster with --address")
+
+
+def check_gpus(wanted: float) -> None:
+    """Refuses a GPU share per trial that this machine's GPUs cannot give (torch counts them: only asked when
+    a trial wants a GPU, as importing torch costs the driver a second)."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if wanted > gpus:
+        have = "no GPU" if gpus == 0 else f"{gpus} GPU{'s' if gpus > 1 else ''}"
+        allowed = "0" if gpus == 0 else f"0 to {gpus} (fractions share a GPU)"
+        raise UserError("resources.gpu", f"{wanted:g} per trial, but this machine has {have} "
+                                         f"(torch.cuda.device_count() is {gpus}); allowed here: {allowed}, "
+                                         "or run on a cluster with --address")
 
 
 def no_node_fits(resources: ResourcesConfig, nodes: list[dict[str, float]]) -> str | None:
@@ -288,15 +337,26 @@ def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool
                 # (no public API sets them on a restored Tuner; a Ray Client tuner has no local one)
                 if tuner._local_tuner is not None:
                     run_config = tuner._local_tuner.get_run_config()
-                    run_config.callbacks = [progress]
+                    run_config.callbacks = [progress, *result_loggers()]
                     run_config.verbose = 1 if verbose else 0
             else:
-                tuner = build_tuner(spec, on_cluster=address is not None, callbacks=[progress], verbose=verbose)
+                tuner = build_tuner(spec, on_cluster=address is not None, callbacks=[progress, *result_loggers()],
+                                    verbose=verbose)
             return tuner.fit(), False
         except KeyboardInterrupt:  # a second Ctrl+C (Tune handles the first), or one before Tune started
             return None, True
         finally:
             shutdown_ray()
+
+
+def result_loggers() -> list[Any]:
+    """Tune's per-trial result files (result.json, progress.csv), given explicitly so that Tune adds no logger of
+    its own (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): its TensorBoard logger would import tensorboardX and torch into
+    the driver (a second or more of start-up) and write event files that nothing here reads (W&B has every round)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    return [JsonLoggerCallback(), CSVLoggerCallback()]
 
 
 def shutdown_ray() -> None:
@@ -308,10 +368,28 @@ def shutdown_ray() -> None:
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         ours = ray_session_processes()
+        if ours:
+            kill_autoscaler_monitor()
         ray.shutdown()
         end_processes(ours)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def kill_autoscaler_monitor() -> None:
+    """SIGKILLs the autoscaler monitor of the Ray instance this driver started: it holds nothing of ours, and
+    ray.shutdown() would give it 1 s to heed a SIGTERM that it does not heed."""
+    import ray
+    from ray._private import ray_constants
+
+    node = ray._private.worker._global_node
+    for info in getattr(node, "all_processes", {}).get(ray_constants.PROCESS_TYPE_MONITOR, []):
+        if info.process.poll() is None:
+            info.process.kill()
+            try:
+                info.process.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                pass  # end_processes deals with it
 
 
 def ray_session_processes() -> list[tuple[int, str]]:

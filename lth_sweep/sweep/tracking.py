@@ -21,7 +21,8 @@ import json
 import logging
 import netrc
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,12 @@ def scalar_metrics(record: dict[str, Any]) -> dict[str, float]:
 
 
 class Tracker:
-    """Logs one trial to W&B; `logged_rounds_path` remembers which rounds reached W&B."""
+    """Logs one trial to W&B; `logged_rounds_path` remembers which rounds reached W&B.
+
+    An offline run starts in a background thread (W&B's first start in a process takes ~0.5 s, a CPU's whole
+    round here), and what is logged meanwhile is kept and handed to the run, in order, once it has started.
+    An online run starts before the constructor returns, so that a fallback to offline files is reported
+    with the trial's first round."""
 
     def __init__(self, settings: WandbConfig, group: str, run_id: str, run_name: str,
                  config: dict[str, Any], directory: Path, objective_mode: str | None,
@@ -103,28 +109,50 @@ class Tracker:
         self.logged_rounds_path = directory / LOGGED_ROUNDS_FILE
         self.logged_round = -1  # flushed to W&B's files by a finished run
         self.pending_round = -1  # handed to W&B in this process
+        self._lock = threading.Lock()  # guards the three fields below
+        self._started = False  # the start has ended (with a run, or with self.run None after a failure)
+        self._waiting: list[Callable[[], None]] = []  # calls logged before the run started
+        self._thread_notices: list[str] = []  # notices of the start thread, moved to `notices` by the trial's thread
+        self._starter: threading.Thread | None = None
         if self.mode == "disabled":
+            self._started = True
             return
         if self.logged_rounds_path.exists():
             self.logged_round = json.loads(self.logged_rounds_path.read_text())["round"]
+        directory.mkdir(parents=True, exist_ok=True)
+        start = {"project": settings.project, "entity": settings.entity, "group": group, "name": run_name,
+                 "id": run_id, "resume": "allow", "config": config, "dir": str(directory), "reinit": "create_new"}
+        if self.mode == "online":
+            self._begin(start, directory, objective_mode)
+        else:
+            self._starter = threading.Thread(target=self._begin, args=(start, directory, objective_mode),
+                                             name="wandb-start", daemon=True)
+            self._starter.start()
+
+    def _begin(self, start: dict[str, Any], directory: Path, objective_mode: str | None) -> None:
+        """Starts the run, defines its metrics, then hands it what was logged meanwhile."""
+        run = None
         try:
             import wandb
 
-            directory.mkdir(parents=True, exist_ok=True)
-            start = {"project": settings.project, "entity": settings.entity, "group": group, "name": run_name,
-                     "id": run_id, "resume": "allow", "config": config, "dir": str(directory),
-                     "reinit": "create_new"}
-            self.run = self._start(wandb, start, directory)
-            self.run.define_metric("round")
-            self.run.define_metric("curve/iteration")
-            self.run.define_metric("curve/*", step_metric="curve/iteration")
+            run = self._start(wandb, start, directory)
+            run.define_metric("round")
+            run.define_metric("curve/iteration")
+            run.define_metric("curve/*", step_metric="curve/iteration")
             for key, summary in SUMMARY_MODES.items():
-                self.run.define_metric(key, step_metric="round", summary=summary)
+                run.define_metric(key, step_metric="round", summary=summary)
             if objective_mode is not None:
-                self.run.define_metric("objective", step_metric="round", summary=objective_mode)
-            self.run.define_metric("*", step_metric="round")
+                run.define_metric("objective", step_metric="round", summary=objective_mode)
+            run.define_metric("*", step_metric="round")
         except Exception as err:  # noqa: BLE001 - tracking must never fail the trial
             self._give_up(err)
+            run = None
+        with self._lock:
+            self.run = run
+            self._started = True
+            waiting, self._waiting = self._waiting, []
+            for call in waiting:  # under the lock: a call logged now waits behind these
+                call()
 
     def _start(self, wandb: Any, start: dict[str, Any], directory: Path) -> Any:
         """wandb.init, bounded; online trouble falls back to offline run files under `directory`."""
@@ -145,40 +173,76 @@ class Tracker:
     def notice(self, text: str) -> None:
         """A warning for this worker's log and, through the trial's next report, the driver's terminal."""
         log.warning("%s", text)
-        self.notices.append(text)
+        if threading.current_thread() is self._starter:
+            self._thread_notices.append(text)
+        else:
+            self.notices.append(text)
 
     def _give_up(self, err: BaseException) -> None:
         self.notice(f"W&B tracking is off for this trial: {first_line(err)}")
         self.run = None
 
+    def _call(self, call: Callable[[], None]) -> None:
+        """Runs `call` now if the run has started, else once it has (in the order logged)."""
+        with self._lock:
+            if self._thread_notices:
+                self.notices.extend(self._thread_notices)
+                self._thread_notices.clear()
+            if self._started:
+                call()
+            else:
+                self._waiting.append(call)
+
     def log_round(self, record: dict[str, Any], extra: dict[str, Any]) -> None:
         """Logs a round unless it already reached W&B before a restart."""
-        if record["round"] <= self.logged_round or self.run is None:
+        if record["round"] <= self.logged_round:
             return
-        try:
-            self.run.log({**scalar_metrics(record), **extra},
-                         step=2 * (record["round"] + 1) * self.iterations_per_round + 1)
-            self.pending_round = record["round"]
-        except Exception as err:  # noqa: BLE001
-            self._give_up(err)
+        row = {**scalar_metrics(record), **extra}
+        step = 2 * (record["round"] + 1) * self.iterations_per_round + 1
+
+        def log() -> None:
+            if self.run is None:
+                return
+            try:
+                self.run.log(row, step=step)
+                self.pending_round = record["round"]
+            except Exception as err:  # noqa: BLE001
+                self._give_up(err)
+
+        self._call(log)
 
     def log_curve(self, values: dict[str, float], global_iteration: int) -> None:
         """A validation point of the ticket's training, at its global iteration."""
-        if self.run is None:
-            return
-        try:
-            self.run.log({f"curve/{k}": v for k, v in values.items()}, step=2 * global_iteration)
-        except Exception as err:  # noqa: BLE001
-            self._give_up(err)
+        row = {f"curve/{k}": v for k, v in values.items()}
+
+        def log() -> None:
+            if self.run is None:
+                return
+            try:
+                self.run.log(row, step=2 * global_iteration)
+            except Exception as err:  # noqa: BLE001
+                self._give_up(err)
+
+        self._call(log)
 
     def finish(self) -> None:
+        """Waits for the run's start, finishes the run (W&B has then written its rows), stops W&B's service and
+        records the run's rounds. The service is stopped now, not by W&B's atexit hook in a worker that Ray ends
+        with its process group (the service is gone by then and the hook fails with a traceback); the next
+        trial's start, in the background, starts it again."""
+        if self._starter is not None:
+            self._starter.join()
+            self._starter = None  # let go of the thread here, in the trial's thread, not in Ray's main thread later
+        for text in self._thread_notices:  # too late for a report: the worker's log has them
+            self.notices.append(text)
+        self._thread_notices.clear()
         if self.run is None:
             return
         try:
             import wandb
 
             self.run.finish()
-            wandb.teardown()  # stop W&B's service now, not in an atexit hook of a worker Ray is killing
+            wandb.teardown()
             if self.pending_round > self.logged_round:
                 self.logged_round = self.pending_round
                 write_text(self.logged_rounds_path, json.dumps({"round": self.logged_round}))
