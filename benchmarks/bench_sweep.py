@@ -84,10 +84,11 @@ def print_phases(by_hash: dict[str, list[dict]], ledger: list[dict], started_at:
     first_start, last_end = min(s for s, _ in spans), max(e for _, e in spans)
     busy = sum(e - s for s, e in spans)
     span = last_end - first_start
-    by_trial: dict[tuple[str, str], list[tuple[float, float]]] = {}  # per config of a trial (search.pack > 1)
+    by_trial: dict[str, list[tuple[float, float]]] = {}  # every round a Tune trial trained (all of a pack's configs)
     for entry, interval in zip(ledger, spans, strict=True):
-        by_trial.setdefault((entry["trial_id"], entry["config_hash"]), []).append(interval)
-    within = [later[0] - earlier[1] for rounds in map(sorted, by_trial.values())
+        by_trial.setdefault(entry["trial_id"], []).append(interval)
+    # a stacked pack's members train their rounds at once (each `seconds` is its share): no gap between those
+    within = [max(0.0, later[0] - earlier[1]) for rounds in map(sorted, by_trial.values())
               for earlier, later in itertools.pairwise(rounds)]
     idle = slots * span - busy
     print(f"{'start-up (to 1st round start)':<32}{first_start - started_at:8.1f} s")
