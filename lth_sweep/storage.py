@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -147,8 +147,11 @@ class Uploader:
     object store has no atomic rename, so a reader that trusts them (the engine's `rounds.jsonl`) never
     sees them ahead of the files they describe."""
 
-    def __init__(self, source: Path, destination: str, last: tuple[str, ...] = ()) -> None:
+    def __init__(self, source: Path, destination: str, last: tuple[str, ...] = (),
+                 ready: Callable[[Path, str], bool] | None = None) -> None:
+        """`ready(source, name)`, when given, holds back a file until it says True (it is asked again next time)."""
         self.source, self.destination, self.last = source, destination, last
+        self.ready = ready
         self.sent: dict[str, tuple[int, int]] = {}
 
     def upload(self) -> list[str]:
@@ -156,7 +159,8 @@ class Uploader:
         if not self.source.is_dir():
             return []
         names = [n for n in local_files(self.source)  # not an atomic write's temporary file
-                 if not (Path(n).name.startswith(".") and n.endswith(".tmp"))]
+                 if not (Path(n).name.startswith(".") and n.endswith(".tmp"))
+                 and (self.ready is None or self.ready(self.source, n))]
         names.sort(key=lambda n: (n in self.last, n))
         fs, base = filesystem(self.destination)
         sent = []

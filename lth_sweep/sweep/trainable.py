@@ -119,6 +119,17 @@ def restore_logged_rounds(spec: LaunchSpec, config_hash: str, root: Path) -> Non
         write_text(logged_local, storage.read_text(logged_remote))
 
 
+def run_started(source: Path, name: str) -> bool:
+    """A file of an offline W&B run folder goes to the bucket once the folder holds the run's `.wandb` file (W&B
+    writes it shortly after the folder, off the trial's path): a folder without it would only make `wandb sync`
+    of the bucket's copy fail."""
+    parts = Path(name).parts
+    for i, part in enumerate(parts[:-1]):
+        if part.startswith("offline-run-"):
+            return any(source.joinpath(*parts[:i + 1]).glob("*.wandb"))
+    return True
+
+
 class RemoteMirror:
     """For URI storage: sends a trial's engine state (after every round) and its offline W&B runs (after
     every round and at the end) from the node's local work folder to `<sweep>/by_config/<hash>/`, so a
@@ -129,7 +140,7 @@ class RemoteMirror:
         self.wandb_enabled = self.enabled and spec.wandb_mode == "offline"
         self.engine = storage.Uploader(root / "engine", by_config(spec, config_hash, "engine"),
                                        last=("rounds.jsonl",))
-        self.wandb = storage.Uploader(root / "wandb", by_config(spec, config_hash, "wandb"))
+        self.wandb = storage.Uploader(root / "wandb", by_config(spec, config_hash, "wandb"), ready=run_started)
 
     def engine_state(self) -> None:
         if self.enabled:
