@@ -20,7 +20,9 @@ import pyarrow.fs as pafs
 from sweep_helpers import MARKER_ENV
 
 # Fake credentials: moto accepts any; pyarrow (and so Ray Tune and our trials) read them from the environment.
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+# moto takes any keys; the secret is one no file would hold by chance, so tests can grep for it
+FAKE_SECRET = "lth-fake-aws-secret-5c0d9e7b1f"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": FAKE_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import pytest
 import sweep_helpers as h
-from s3_server import CREDENTIALS, S3Server
+from s3_server import CREDENTIALS, FAKE_SECRET, S3Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -167,3 +167,15 @@ def test_the_printed_wandb_sync_command_works_as_printed(interrupted: Interrupte
     expected = {(t["config_hash"], d.name) for t in status["trials"]
                 for d in h.wandb_run_dirs(interrupted.local, t["config_hash"])}
     assert {(p.parents[2].name, p.name) for p in synced} >= expected
+
+
+def test_the_cloud_secret_is_in_no_file_ray_or_we_wrote(interrupted: Interrupted, ray_tmp: Path) -> None:
+    """Tune copies AWS_* credentials from the driver's environment into every trial actor's runtime_env, which
+    Ray writes to its logs; lth-sweep keeps them out (local workers inherit them, a cluster's nodes have their
+    own). A byte-level grep of Ray's temp folder (its session logs), the launch's folder (the trials' TMPDIR and
+    local mirrors) and the copy of the bucket."""
+    secret = FAKE_SECRET.encode()
+    found = [str(path) for root in (ray_tmp, interrupted.base, interrupted.local) for path in root.rglob("*")
+             if path.is_file() and not path.is_symlink() and secret in path.read_bytes()]
+    assert found == []
+

@@ -189,6 +189,17 @@ def init_ray(address: str | None, spec: LaunchSpec) -> str | None:
     return None
 
 
+def keep_cloud_keys_out_of_runtime_env() -> None:
+    """Tune copies AWS_* credentials from the driver's environment into every trial actor's runtime_env
+    (ray/tune/execution/class_cache.py, ENV_VARS_TO_PROPAGATE), and Ray writes a runtime_env in plain text to its
+    logs. Trials read credentials from their own environment instead: a Ray started here passes the driver's
+    on to its workers; a cluster's nodes have their own (instance profile, a Secret; cluster/README.md)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = {name for name in class_cache.ENV_VARS_TO_PROPAGATE
+                                         if not name.startswith("AWS_")}
+
+
 def with_env_wandb_mode(spec: LaunchSpec) -> LaunchSpec:
     """On resume: an explicit WANDB_MODE now wins over the mode that `auto` resolved to at launch."""
     if spec.sweep.wandb.mode != "auto" or not os.environ.get("WANDB_MODE"):
@@ -324,6 +335,7 @@ def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool
         progress = Progress(terminal, spec.sweep.search.num_samples, spec.rounds(),
                             metrics[0] if single else None, modes[0] if single else None)
         try:
+            keep_cloud_keys_out_of_runtime_env()
             warning = init_ray(address, spec)
             if warning:
                 terminal.line(f"lth-sweep: warning: {warning}")
