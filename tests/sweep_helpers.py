@@ -300,6 +300,12 @@ def launch_sweep(tree: dict[str, Any], base: Path, ray_tmp: Path, name: str = "i
     return Sweep(base / "storage" / name, tree, result, base, cli_env(ray_tmp))
 
 
+def finished(sweep: Sweep) -> Sweep:
+    """`sweep`, after checking that its launch exited 0."""
+    assert sweep.launch.returncode == 0, sweep.launch.explain()
+    return sweep
+
+
 _REFERENCE: dict[str, Sweep] = {}
 
 

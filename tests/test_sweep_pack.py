@@ -46,16 +46,12 @@ def packed_tree(data_root: Path, pack: int, **search: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, data_root: Path, ray_tmp: Path) -> h.Sweep:
-    finished = h.reference_sweep(tmp_path_factory, data_root, ray_tmp)
-    assert finished.launch.returncode == 0, finished.launch.explain()
-    return finished
+    return h.finished(h.reference_sweep(tmp_path_factory, data_root, ray_tmp))
 
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory, data_root: Path, ray_tmp: Path) -> h.Sweep:
-    finished = h.launch_sweep(packed_tree(data_root, pack=2), tmp_path_factory.mktemp("packed"), ray_tmp)
-    assert finished.launch.returncode == 0, finished.launch.explain()
-    return finished
+    return h.finished(h.launch_sweep(packed_tree(data_root, pack=2), tmp_path_factory.mktemp("packed"), ray_tmp))
 
 
 @pytest.fixture(scope="module")

@@ -91,9 +91,7 @@ def status(interrupted: Interrupted) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, data_root: Path, ray_tmp: Path) -> h.Sweep:
-    finished = h.reference_sweep(tmp_path_factory, data_root, ray_tmp)
-    assert finished.launch.returncode == 0, finished.launch.explain()
-    return finished
+    return h.finished(h.reference_sweep(tmp_path_factory, data_root, ray_tmp))
 
 
 def test_the_kill_landed_mid_sweep(interrupted: Interrupted) -> None:
