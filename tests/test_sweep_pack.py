@@ -153,6 +153,21 @@ def test_asha_stops_members_inside_a_stacked_pack(tmp_path: Path, data_root: Pat
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials())
 
 
+def test_a_config_suggested_twice_in_one_pack_is_trained_once(tmp_path: Path, data_root: Path, ray_tmp: Path) -> None:
+    """Two values to choose from, four suggestions in one pack: configs repeat; each trains once (its by-config
+    folder is locked once) and every member that suggested it gets its values."""
+    tree = packed_tree(data_root, pack=NUM_SAMPLES)
+    tree["search"]["space"] = {"prune.rate": {"choice": [0.2, 0.3]}}
+    sweep = h.finished(h.launch_sweep(tree, tmp_path, ray_tmp, name="twice", timeout=180))
+    rows = h.status_json(sweep.dir, sweep.cwd, sweep.env)["trials"]
+    assert len(rows) == NUM_SAMPLES and len({row["config_hash"] for row in rows}) < NUM_SAMPLES
+    assert all(row["rounds_done"] == ROUNDS for row in rows)
+    by_hash = {row["config_hash"]: row["objective"] for row in rows}
+    assert all(row["objective"] == by_hash[row["config_hash"]] for row in rows)
+    pairs = Counter((line["config_hash"], line["round"]) for line in h.ledger(sweep.dir))
+    assert pairs == Counter({(config, r): 1 for config in by_hash for r in range(ROUNDS)})
+
+
 @pytest.mark.parametrize("value", ["0", "many"])
 def test_a_bad_pack_value_exits_2_in_one_line(value: str, tmp_path: Path, data_root: Path, ray_tmp: Path) -> None:
     sweep_file = h.write_sweep(tmp_path / "imp.yaml", h.reference_tree(data_root))

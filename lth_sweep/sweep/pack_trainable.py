@@ -58,7 +58,12 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     node_id = ray.get_runtime_context().get_node_id()
-    runs = [ConfigRun(spec, params, member_id(trial_id, j)) for j, params in enumerate(members)]
+    by_hash: dict[str, ConfigRun] = {}  # Optuna may suggest one config twice: it is trained once, for both
+    member_runs = []
+    for j, params in enumerate(members):
+        run = ConfigRun(spec, params, member_id(trial_id, j))
+        member_runs.append(by_hash.setdefault(run.config_hash, run))
+    runs = list(by_hash.values())
     asha = member_asha(spec)
     stopped: set[int] = set()
     fresh = False  # a member finished a round since the last report
@@ -71,12 +76,12 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
         notices = [f"{run.label} ({run.config_hash}): {text}" for run in runs for text in run.take_notices()]
         for run in runs:
             run.sync()
-        results = [{**run.latest, "training_iteration": len(run.records), "stopped": j in stopped}
-                   if run.records else {} for j, run in enumerate(runs)]
+        results = [{**run.latest, "training_iteration": len(run.records), "stopped": runs.index(run) in stopped}
+                   if run.records else {} for run in member_runs]
         checkpoint = pack_checkpoint(runs, runs[0].root.parent)
         try:
-            tune.report({MEMBERS_KEY: results, "rounds_done": sum(len(run.records) for run in runs),
-                         "pack_size": len(runs), **({"notice": "; ".join(notices)} if notices else {})},
+            tune.report({MEMBERS_KEY: results, "rounds_done": sum(len(run.records) for run in member_runs),
+                         "pack_size": len(member_runs), **({"notice": "; ".join(notices)} if notices else {})},
                         checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
         finally:
             shutil.rmtree(checkpoint, ignore_errors=True)
