@@ -194,3 +194,22 @@ def test_configs_that_change_shapes_or_steps_go_to_separate_packs() -> None:
     assert split_packs(configs, size=2) == [[0, 1], [4], [2], [3]]
     with pytest.raises(ValueError, match="must agree"):
         Pack([Trial(configs[0], "/nonexistent/a"), Trial(configs[2], "/nonexistent/b")])
+
+
+def test_adam_members_resumed_together_keep_their_own_step_counts(float64: None, tmp_path: Path) -> None:
+    """Two Adam members with the same settings but for the seed and rewind point, saved at the same iteration of
+    round 1: their phases began at different iterations, so their Adam step counts differ, and they continue
+    as a pack exactly as each alone."""
+    data, dataset = small_data("mlp")
+    members = [{"seed": 3, "rewind": {"iteration": 0}}, {"seed": 7, "rewind": {"iteration": 1}}]
+    configs = member_configs("mlp", data, dataset, members=members, train={"optimizer": "adam", "iterations": 10},
+                             prune={"rounds": 3})
+    alone = run_alone(configs, data, tmp_path)
+    with pytest.raises(Interrupt):
+        pack_of(configs, data, tmp_path, on_eval=interrupt_at(1, 8)).run()
+    states = [torch.load(tmp_path / f"packed{k}" / "state.pt", weights_only=False) for k in range(2)]
+    assert [s["optimizer"]["steps"][0].tolist() for s in states] == [[6.0], [5.0]]
+    packed = pack_of(configs, data, tmp_path).run()
+    for k in range(2):
+        assert_same_rounds(alone[k], packed[k], f"adam member {k}")
+        assert_same_files(tmp_path / f"alone{k}", tmp_path / f"packed{k}", f"adam member {k}")

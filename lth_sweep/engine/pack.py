@@ -185,8 +185,11 @@ class Pack:
         seeds = [seed for m in members for seed in m.trial.seeds]
         copies = stability.copy_seeds(seeds) if config.stability.points else None
         fork_at = [m.trial.rewind_at for m in members for _ in m.trial.seeds]
+        # rows whose phases began at different iterations keep their own optimizer step counts, also when they are
+        # all resumed at one iteration now (or when fresh members join resumed ones)
+        began = {self.phase_start(m.index) for m in members}
         mixed = any(m.resumed for m in members) and not all(m.resumed for m in members)
-        rows = RowSettings(row_configs, starts, per_row=mixed)  # fresh members next to resumed ones: own steps
+        rows = RowSettings(row_configs, starts, per_row=mixed or len(began) > 1)
         trainer = PhaseTrainer(config, data, pop, masks, seeds, copies, fork_at=fork_at, rows=rows)
         if any(m.resumed for m in members):
             saved = trainer.optimizer.state_dict()  # zeros for members that start fresh
