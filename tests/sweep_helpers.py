@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import signal
@@ -240,6 +241,15 @@ def matching_density(records: list[dict[str, Any]], tolerance: float) -> float:
     `tolerance` of the dense round's val_acc."""
     dense = next(r for r in records if r["round"] == 0)["val_acc"]
     return min(r["density"] for r in records if r["val_acc"] >= dense - tolerance)
+
+
+def assert_every_round_once(sweep_dir: Path, trials: list[dict[str, Any]], rounds: int,
+                            tolerance: float = 0.01) -> None:
+    """Every trial's engine has rounds 0..rounds-1 once, and its objective is their matching density."""
+    for trial in trials:
+        records = engine_rounds(sweep_dir, trial["config_hash"])
+        assert [r["round"] for r in records] == list(range(rounds)), trial
+        assert math.isclose(trial["objective"], matching_density(records, tolerance), rel_tol=1e-6), trial
 
 
 def wandb_run_dirs(sweep_dir: Path, config_hash: str) -> list[Path]:

@@ -140,10 +140,7 @@ def test_status_shows_exactly_the_sweeps_trials_all_terminated(status: dict[str,
 
 
 def test_each_trial_has_every_round_once(interrupted: Interrupted, status: dict[str, Any]) -> None:
-    for trial in status["trials"]:
-        records = h.engine_rounds(interrupted.dir, trial["config_hash"])
-        assert [r["round"] for r in records] == list(range(ROUNDS)), trial
-        assert trial["objective"] == pytest.approx(h.matching_density(records, 0.01))
+    h.assert_every_round_once(interrupted.dir, status["trials"], ROUNDS)
 
 
 def test_no_finished_round_was_trained_again(interrupted: Interrupted, status: dict[str, Any]) -> None:
