@@ -145,12 +145,13 @@ class Uploader:
     """Mirrors a local folder to a URI, one file at a time in a fixed order, skipping files that have
     not changed since this uploader last sent them. Files named in `last` go after all others: an
     object store has no atomic rename, so a reader that trusts them (the engine's `rounds.jsonl`) never
-    sees them ahead of the files they describe."""
+    sees them ahead of the files they describe. Files whose names end in one of `first` go before all others
+    (a W&B run's `.wandb` file: a copy cut short by a kill then never holds a run's logs without it)."""
 
     def __init__(self, source: Path, destination: str, last: tuple[str, ...] = (),
-                 ready: Callable[[Path, str], bool] | None = None) -> None:
+                 ready: Callable[[Path, str], bool] | None = None, first: tuple[str, ...] = ()) -> None:
         """`ready(source, name)`, when given, holds back a file until it says True (it is asked again next time)."""
-        self.source, self.destination, self.last = source, destination, last
+        self.source, self.destination, self.last, self.first = source, destination, last, first
         self.ready = ready
         self.sent: dict[str, tuple[int, int]] = {}
 
@@ -161,7 +162,7 @@ class Uploader:
         names = [n for n in local_files(self.source)  # not an atomic write's temporary file
                  if not (Path(n).name.startswith(".") and n.endswith(".tmp"))
                  and (self.ready is None or self.ready(self.source, n))]
-        names.sort(key=lambda n: (n in self.last, n))
+        names.sort(key=lambda n: (n in self.last, not n.endswith(self.first), n))
         fs, base = filesystem(self.destination)
         sent = []
         for name in names:

@@ -78,18 +78,22 @@ def test_uploader_sends_what_changed_with_the_trusted_file_last(s3_env: S3Server
 
 
 def test_a_wandb_run_folder_goes_up_once_it_holds_its_run_file(s3_env: S3Server, tmp_path: Path) -> None:
-    """W&B creates an offline run's folder before its .wandb file; the mirror holds the folder back until then
-    (a copy without it would make `wandb sync` of the bucket fail)."""
-    from lth_sweep.sweep.trainable import run_started
+    """W&B creates an offline run's folder before its .wandb file; the mirror holds the folder back until then,
+    and then sends the .wandb file first: a copy without it, or one cut short by a kill before it, would make
+    `wandb sync` of the bucket fail (the full suite once caught a killed trial's folder with logs only)."""
+    from lth_sweep.sweep.trainable import wandb_uploader
 
     run = tmp_path / "wandb" / "wandb" / "offline-run-1-abc"
     (run / "files").mkdir(parents=True)
     (run / "files" / "config.yaml").write_text("x")
+    (run / "logs").mkdir()
+    (run / "logs" / "debug.log").write_text("log")
     (tmp_path / "wandb" / "logged_rounds.json").write_text("{}")
-    uploader = storage.Uploader(tmp_path / "wandb", s3_env.uri("unit/wandb"), ready=run_started)
+    uploader = wandb_uploader(tmp_path / "wandb", s3_env.uri("unit/wandb"))
     assert uploader.upload() == ["logged_rounds.json"]
     (run / "run-abc.wandb").write_text("records")
-    assert uploader.upload() == ["wandb/offline-run-1-abc/files/config.yaml", "wandb/offline-run-1-abc/run-abc.wandb"]
+    assert uploader.upload() == ["wandb/offline-run-1-abc/run-abc.wandb", "wandb/offline-run-1-abc/files/config.yaml",
+                                 "wandb/offline-run-1-abc/logs/debug.log"]
 
 
 def test_the_ledger_is_one_object_per_round_on_s3(s3_env: S3Server) -> None:

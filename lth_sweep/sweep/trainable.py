@@ -130,6 +130,12 @@ def run_started(source: Path, name: str) -> bool:
     return True
 
 
+def wandb_uploader(source: Path, destination: str) -> storage.Uploader:
+    """The offline W&B runs' mirror: a run folder waits for its `.wandb` file (run_started), which then goes
+    first, so that a copy cut short by a kill never holds a run's logs without it."""
+    return storage.Uploader(source, destination, ready=run_started, first=(".wandb",))
+
+
 class RemoteMirror:
     """For URI storage: sends a trial's engine state (after every round) and its offline W&B runs (after
     every round and at the end) from the node's local work folder to `<sweep>/by_config/<hash>/`, so a
@@ -140,7 +146,7 @@ class RemoteMirror:
         self.wandb_enabled = self.enabled and spec.wandb_mode == "offline"
         self.engine = storage.Uploader(root / "engine", by_config(spec, config_hash, "engine"),
                                        last=("rounds.jsonl",))
-        self.wandb = storage.Uploader(root / "wandb", by_config(spec, config_hash, "wandb"), ready=run_started)
+        self.wandb = wandb_uploader(root / "wandb", by_config(spec, config_hash, "wandb"))
 
     def engine_state(self) -> None:
         if self.enabled:
