@@ -94,7 +94,7 @@ def start_stubborn() -> subprocess.Popen[str]:
 def test_end_processes_kills_what_ignores_sigterm() -> None:
     proc = start_stubborn()
     try:
-        end_processes([(proc.pid, process_table()[proc.pid][1])], grace_s=0.2)
+        end_processes([(proc.pid, process_table()[proc.pid].started)], grace_s=0.2)
         assert proc.wait(timeout=10) == -signal.SIGKILL
     finally:
         proc.kill()

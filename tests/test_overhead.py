@@ -41,7 +41,7 @@ def workers(processes: list[tuple[int, str]]) -> list[str]:
     from lth_sweep.sweep.launch import process_table
 
     table = process_table()
-    commands = [table[pid][2] for pid, _ in processes if pid in table]
+    commands = [table[pid].cmdline for pid, _ in processes if pid in table]
     return [command for command in commands if command.startswith("ray::IDLE")
             or ("default_worker.py" in command and not command.split()[0].endswith("/raylet"))]
 
@@ -51,8 +51,15 @@ def workers(processes: list[tuple[int, str]]) -> list[str]:
 def test_local_ray_has_no_runtime_env_and_shuts_down_whole(ray_tmp: Path, data_root: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
+    from ray.tune.execution.class_cache import _ActorClassCache
 
-    from lth_sweep.sweep.launch import init_ray, process_table, ray_session_processes, shutdown_ray
+    from lth_sweep.sweep.launch import (
+        init_ray,
+        keep_cloud_keys_out_of_runtime_env,
+        process_table,
+        ray_session_processes,
+        shutdown_ray,
+    )
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
@@ -77,12 +84,24 @@ def test_local_ray_has_no_runtime_env_and_shuts_down_whole(ray_tmp: Path, data_r
 
         # the trainable (torch) preloaded in the worker's main thread, not first imported in Tune's trial thread
         assert ray.get(worker_view.remote(), timeout=60) == ({}, "disabled", "true", True)
+
+        # Tune's trial actors too get no runtime_env: they run in a worker the raylet started itself (no setup_worker),
+        # with Tune's own variable inherited
+        keep_cloud_keys_out_of_runtime_env(None)
+
+        class TrialActorView:
+            def view(self) -> tuple[dict, str | None, str]:
+                parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")[0].decode()
+                return ray.get_runtime_context().runtime_env, os.environ.get("PL_DISABLE_FORK"), Path(parent).name
+
+        actor = _ActorClassCache().get(TrialActorView).options(num_cpus=1).remote()
+        assert ray.get(actor.view.remote(), timeout=60) == ({}, "1", "raylet")
         ours = ray_session_processes()
         assert len(ours) >= 5 and workers(ours)  # gcs, raylet, monitor, dashboard, agents, the task's worker
     finally:
         shutdown_ray()
     table = process_table()
-    assert [pid for pid, started in ours if pid in table and table[pid][1] == started] == []
+    assert [pid for pid, started in ours if pid in table and table[pid].started == started] == []
 
 
 def test_the_driver_imports_no_torch() -> None:
@@ -97,6 +116,35 @@ def test_the_driver_imports_no_torch() -> None:
                   "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorboardX')))")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_tunes_callback_usage_tag_is_skipped_only_with_usage_stats_off() -> None:
+    """It imports W&B into the driver to count callbacks (0.3 s of start-up); with usage stats on, Tune tags as ever."""
+    code = ("import os, sys\n"
+            "from lth_sweep.sweep import launch\n"
+            "from ray.air._internal import usage\n"
+            "from ray.tune.logger import JsonLoggerCallback\n"
+            "launch.skip_callback_usage_tag()\n"
+            "usage.tag_callbacks([JsonLoggerCallback()])\n"
+            "print('wandb' in sys.modules)")
+    assert [python(code, env={"RAY_USAGE_STATS_ENABLED": enabled}).stdout.strip() for enabled in ("0", "1")] \
+        == ["False", "True"]
+
+
+def test_imports_meanwhile_are_done_when_the_block_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver imports Tune's side while ray.init runs; a module that fails there fails again where it is used."""
+    (tmp_path / "slow_module.py").write_text("import time\ntime.sleep(0.5)\nDONE = True\n")
+    (tmp_path / "broken_module.py").write_text("raise RuntimeError('broken at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from lth_sweep.sweep.launch import importing_meanwhile
+
+    with importing_meanwhile(("broken_module", "slow_module")):
+        pass
+    assert sys.modules["slow_module"].DONE
+    with pytest.raises(RuntimeError, match="broken at import"):
+        import broken_module  # noqa: F401
+    for name in ("slow_module", "broken_module"):
+        sys.modules.pop(name, None)
 
 
 def test_an_offline_run_gets_what_was_logged_while_it_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,7 @@ resume."""
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import re
@@ -10,11 +11,12 @@ import shlex
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lth_sweep import storage
 from lth_sweep.config import build_experiment
@@ -131,18 +133,26 @@ def start_member_asha(spec: LaunchSpec) -> Any:
         rounds, min(scheduler.grace_rounds, rounds), scheduler.reduction_factor, modes[0])
 
 
-# Tune gives its trial actors a runtime_env of its own (class_cache.py), so they never run in the workers a raylet
-# prestarts; those would only take CPU from the start-up on a small machine. Each worker imports the trainable's
-# module (the engine, torch) in its main thread as it starts: the driver refers to the trial function through
-# lth_sweep.sweep.entry, which imports none of it, and torch first imported in Tune's trial thread leaves the
-# worker in a state where Ray's SIGTERM at the actor's end lands in a weakref callback (a traceback, no exit).
+# A Ray started here: its trial actors get no runtime_env (`tune_actors_without_runtime_env`), so each runs in a plain
+# worker that the raylet starts directly, with the environment it inherited from this driver (a runtime_env would
+# put Ray's setup_worker.py, another Python start, in front of every worker). No worker is prestarted: on a small
+# machine both cores are busy with the start-up anyway, and on a big one it would be a torch import per CPU for
+# nothing. Each worker imports the trainable's module (the engine, torch) in its main thread as it starts: the
+# driver refers to the trial function through lth_sweep.sweep.entry, which imports none of it, and torch first
+# imported in Tune's trial thread leaves the worker in a state where Ray's SIGTERM at the actor's end lands in a
+# weakref callback (a traceback, no exit).
+# The raylet connects to its own object store with Ray's client retry: an attempt made before the store listens
+# (common while the cores are busy starting everything) waited 1 s to retry; here it retries every 0.1 s, within
+# the same 10 s in all.
 LOCAL_RAY_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False,
-                    "preload_python_modules": ["lth_sweep.sweep.trainable"]}
+                    "preload_python_modules": ["lth_sweep.sweep.trainable"],
+                    "raylet_client_connect_timeout_milliseconds": 100, "raylet_client_num_connect_attempts": 100}
 
 
 def worker_env(spec: LaunchSpec) -> dict[str, str]:
-    """What trial workers need in their environment from this driver; never a secret."""
-    return {"WANDB_MODE": spec.wandb_mode, "WANDB_SILENT": "true"}
+    """What trial workers need in their environment from this driver; never a secret. PL_DISABLE_FORK is what Tune
+    itself gives its trial actors (DEFAULT_ENV_VARS in ray/tune/execution/class_cache.py)."""
+    return {"WANDB_MODE": spec.wandb_mode, "WANDB_SILENT": "true", "PL_DISABLE_FORK": "1"}
 
 
 def cluster_runtime_env(spec: LaunchSpec) -> dict[str, Any]:
@@ -189,15 +199,63 @@ def init_ray(address: str | None, spec: LaunchSpec) -> str | None:
     return None
 
 
-def keep_cloud_keys_out_of_runtime_env() -> None:
+def keep_cloud_keys_out_of_runtime_env(address: str | None) -> None:
     """Tune copies AWS_* credentials from the driver's environment into every trial actor's runtime_env
     (ray/tune/execution/class_cache.py, ENV_VARS_TO_PROPAGATE), and Ray writes a runtime_env in plain text to its
     logs. Trials read credentials from their own environment instead: a Ray started here passes the driver's
-    on to its workers; a cluster's nodes have their own (instance profile, a Secret; cluster/README.md)."""
+    on to its workers; a cluster's nodes have their own (instance profile, a Secret; cluster/README.md).
+    On a Ray started here, Tune's actors get no runtime_env at all: every variable Tune would put there is
+    inherited already (`worker_env` holds Tune's PL_DISABLE_FORK), and a worker with a runtime_env starts through
+    Ray's setup_worker.py (a Python start, ~0.3 CPU-s, per worker)."""
     from ray.tune.execution import class_cache
 
+    if not on_cluster(address):
+        class_cache.DEFAULT_ENV_VARS = {}
+        class_cache.ENV_VARS_TO_PROPAGATE = set()
+        return
     class_cache.ENV_VARS_TO_PROPAGATE = {name for name in class_cache.ENV_VARS_TO_PROPAGATE
                                          if not name.startswith("AWS_")}
+
+
+def skip_callback_usage_tag() -> None:
+    """With Ray's usage stats off, Tune's `tag_callbacks` records nothing anyone reads, yet it imports every
+    integration it counts callbacks against (W&B's, MLflow's: 0.3 s of the driver's start-up, before any trial
+    starts). It is skipped then; with usage stats on, Tune tags as usual."""
+    from ray._common.usage import usage_lib
+    from ray.air._internal import usage as air_usage
+
+    if not usage_lib.usage_stats_enabled():
+        air_usage.tag_callbacks = lambda callbacks: False
+
+
+# What ray.init imports on its own that Tune's import reaches too: imported before the two run side by side, so
+# that no module is ever imported by both threads at once.
+RAY_INIT_SHARED_IMPORTS = ("argparse", "gettext", "ray._common.usage.usage_lib", "ray.dashboard")
+DRIVER_IMPORTS = ("ray.tune", "ray.tune.search.optuna", "ray.tune.schedulers", "optuna",
+                  "lth_sweep.sweep.optuna_search", "lth_sweep.sweep.progress")
+
+
+@contextmanager
+def importing_meanwhile(modules: tuple[str, ...]) -> Iterator[None]:
+    """Imports `modules` in a thread while the block runs (ray.init mostly waits for Ray's daemons, with a core to
+    spare: ~0.8 s of the driver's start-up). Leaving the block waits for the thread. An import that failed there
+    is not reported there: it fails again, with its own traceback, where the module is next imported."""
+    for name in RAY_INIT_SHARED_IMPORTS:
+        importlib.import_module(name)
+
+    def import_all() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - raised again by the next import of the same module, where it is used
+                pass
+
+    thread = threading.Thread(target=import_all, name="lth-sweep-imports", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
 
 
 def with_env_wandb_mode(spec: LaunchSpec) -> LaunchSpec:
@@ -325,18 +383,22 @@ def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool
     """Launches (or resumes) the sweep, a progress line per round on the terminal and Ray's own output in
     `driver_log_path(spec)` (on the terminal too with `verbose`); returns (ResultGrid or None, interrupted).
     Ray is shut down before it returns, Ctrl+C or not, and no process of the Ray instance it started is left."""
-    from ray import tune
-
-    from lth_sweep.sweep.progress import Progress, Terminal
+    from lth_sweep.sweep.terminal import Terminal
 
     metrics, modes = objective_metrics(spec.sweep.objective)
     single = len(metrics) == 1
     with Terminal(None if verbose else driver_log_path(spec)) as terminal:
-        progress = Progress(terminal, spec.sweep.search.num_samples, spec.rounds(),
-                            metrics[0] if single else None, modes[0] if single else None)
         try:
-            keep_cloud_keys_out_of_runtime_env()
-            warning = init_ray(address, spec)
+            with importing_meanwhile(DRIVER_IMPORTS):
+                warning = init_ray(address, spec)
+            from ray import tune
+
+            from lth_sweep.sweep.progress import Progress
+
+            keep_cloud_keys_out_of_runtime_env(address)
+            skip_callback_usage_tag()
+            progress = Progress(terminal, spec.sweep.search.num_samples, spec.rounds(),
+                                metrics[0] if single else None, modes[0] if single else None)
             if warning:
                 terminal.line(f"lth-sweep: warning: {warning}")
             member_asha = start_member_asha(spec)  # noqa: F841 - held until the sweep ends
@@ -414,18 +476,27 @@ def ray_session_processes() -> list[tuple[int, str]]:
     if node is None or not node.head or not Path("/proc").is_dir():
         return []
     table = process_table()
-    ours = {pid for pid, (_, _, cmdline) in table.items() if node.session_name in cmdline}
+    ours = {pid for pid, info in table.items() if node.session_name in info.cmdline}
     grew = True
     while grew:
-        children = {pid for pid, (ppid, _, _) in table.items() if ppid in ours} - ours
+        children = {pid for pid, info in table.items() if info.parent in ours} - ours
         ours |= children
         grew = bool(children)
     ours.discard(os.getpid())
-    return [(pid, table[pid][1]) for pid in ours]
+    return [(pid, table[pid].started) for pid in ours]
 
 
-def process_table() -> dict[int, tuple[int, str, str]]:
-    """pid -> (parent pid, start time, command line) of every live process, from /proc."""
+class ProcessInfo(NamedTuple):
+    """A live process, as /proc/PID/stat and cmdline tell it."""
+
+    parent: int
+    started: str  # start time, in clock ticks after boot: with the pid, it names the process
+    cmdline: str
+    cpu_ticks: int  # user + system CPU time so far, in clock ticks (os.sysconf("SC_CLK_TCK") a second)
+
+
+def process_table() -> dict[int, ProcessInfo]:
+    """Every live process by pid, from /proc."""
     table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -438,7 +509,7 @@ def process_table() -> dict[int, tuple[int, str, str]]:
         fields = stat[stat.rindex(")") + 2:].split()
         if fields[0] in ("Z", "X"):
             continue
-        table[int(entry)] = (int(fields[1]), fields[19], cmdline)
+        table[int(entry)] = ProcessInfo(int(fields[1]), fields[19], cmdline, int(fields[11]) + int(fields[12]))
     return table
 
 
@@ -448,7 +519,7 @@ def end_processes(processes: list[tuple[int, str]], grace_s: float = 5.0) -> Non
 
     def alive() -> list[int]:
         table = process_table()
-        return [pid for pid, started in processes if pid in table and table[pid][1] == started]
+        return [pid for pid, started in processes if pid in table and table[pid].started == started]
 
     for sig, wait_s in ((None, grace_s), (signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
         left = alive()

@@ -1,81 +1,15 @@
 """What the terminal shows while a sweep runs: one line per finished round (trials running and done, rounds
-done, best objective so far), while Ray's, Tune's and Optuna's own output goes to a log file.
-
-The redirection is at the file-descriptor level: Ray's C++ core writes to fd 2 itself, the workers' output
-comes through the driver (`log_to_driver`), and the loggers of Ray, Tune and Optuna hold `sys.stderr`.
-"""
+done, best objective so far); the terminal itself is lth_sweep.sweep.terminal."""
 
 from __future__ import annotations
 
-import errno
-import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from lth_sweep.sweep.packing import members_of
-
-
-class Terminal:
-    """Within `with Terminal(log_path):`, fds 1 and 2 write to `log_path` and `line()` to the terminal (and the
-    log). With `log_path=None` (verbose) nothing is redirected. A terminal that went away (the reader of a pipe
-    died, as `tee` does on Ctrl+C) is dropped silently: the lines still reach the log."""
-
-    def __init__(self, log_path: Path | None) -> None:
-        self.log_path = log_path
-        self._saved: tuple[int, int] | None = None
-        self.terminal_gone = False
-
-    def __enter__(self) -> Terminal:
-        if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            self._saved = (os.dup(1), os.dup(2))
-            os.dup2(log_fd, 1)
-            os.dup2(log_fd, 2)
-            os.close(log_fd)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._saved is None:
-            return
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except OSError:
-                pass
-        for fd, saved in zip((1, 2), self._saved, strict=True):
-            os.dup2(saved, fd)
-            os.close(saved)
-        self._saved = None
-
-    def line(self, text: str) -> None:
-        data = (text + "\n").encode()
-        if self._saved is None:
-            self._write(sys.stdout.fileno(), data, flush_first=True)
-            return
-        self._write(self._saved[0], data)
-        try:
-            os.write(1, data)  # the log
-        except OSError:
-            pass
-
-    def _write(self, fd: int, data: bytes, flush_first: bool = False) -> None:
-        if self.terminal_gone:
-            return
-        try:
-            if flush_first:
-                sys.stdout.flush()
-            os.write(fd, data)
-        except OSError as err:
-            if err.errno not in (errno.EPIPE, errno.EBADF, errno.EIO):
-                raise
-            self.terminal_gone = True
+from lth_sweep.sweep.terminal import Terminal
 
 
 def format_value(value: Any) -> str:
