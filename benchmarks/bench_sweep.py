@@ -9,7 +9,10 @@ Launches the sweep (real Ray, Optuna, W&B offline) into a temporary storage fold
 and prints the overhead ratio wall / ideal, issue 11's ratio wall / (compute / CPU cores), and where
 the wall time went: start-up (launch to the first round's start), the rounds' span with its idle
 slot-seconds (a slot is one concurrent trial), and the tail (last round's end to the command's exit),
-from the ledger's timestamps (`rounds_trained.jsonl`: when each round was saved).
+from the ledger's timestamps (`rounds_trained.jsonl`: when each round was saved); last, the CPU seconds of
+every process of the launch by kind (driver, Ray's daemons, trial workers, W&B's service; from /proc), how
+busy they kept the cores, and the CPU seconds outside the rounds: on a CPU-bound launch, the wall time only
+falls with those.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+from lth_sweep.sweep.launch import process_table
 
 
 def cpu_name() -> str:
@@ -44,11 +50,16 @@ def main() -> None:
         for pair in args.overrides:
             command += ["--set", pair]
         start, started_at = time.perf_counter(), time.time()
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        launch = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sampler = CpuSampler(launch.pid)
+        sampler.start()
+        stdout, stderr = launch.communicate()
         wall = time.perf_counter() - start
+        sampler.stop.set()
+        sampler.join()
         ended_at = started_at + wall
-        if done.returncode != 0:
-            sys.exit(f"sweep failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        if launch.returncode != 0:
+            sys.exit(f"sweep failed ({launch.returncode}):\n{stdout[-3000:]}\n{stderr[-3000:]}")
         paths = list(Path(tmp, "bench", "by_config").glob("*/engine/rounds.jsonl"))
         by_hash = {path.parts[-3]: [json.loads(line) for line in path.read_text().splitlines()] for path in paths}
         records = [record for rounds in by_hash.values() for record in rounds]
@@ -71,6 +82,7 @@ def main() -> None:
     print(f"{'overhead seconds wall - ideal':<32}{wall - ideal:8.1f} s")
     print(f"{'ratio wall / (compute / cores)':<32}{wall / (compute / cpus):8.2f}  (issue 11: <= 1.2)")
     print_phases(by_hash, ledger, started_at, ended_at, concurrency)
+    print_cpu(sampler.by_kind(), compute, wall, cpus)
     print(f"load average after the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
@@ -98,6 +110,72 @@ def print_phases(by_hash: dict[str, list[dict]], ledger: list[dict], started_at:
               f"mean {1000 * sum(within) / len(within):.0f} ms)")
         print(f"{'  between trials, and ends':<32}{idle - sum(within):8.1f} slot-s")
     print(f"{'tail (last round end to exit)':<32}{ended_at - last_end:8.1f} s")
+
+
+PROCESS_KINDS = (  # (kind, what the start of its command line holds), first match wins; Ray's own processes rename
+    # themselves (ray::IDLE, ray::ImplicitFunc.train, ray::DashboardAgent) and the raylet's arguments name
+    # default_worker.py, so only the program and its script are looked at
+    ("Ray's daemons", ("gcs_server", "/raylet", "monitor.py", "dashboard", "agent", "Agent")),
+    ("trial workers", ("default_worker.py", "setup_worker.py", "ray::")),
+    ("W&B's service", ("wandb-core",)),
+)
+
+
+def process_kind(cmdline: str) -> str:
+    words = cmdline.split()
+    head = " ".join(words[:1] + [word for word in words[1:] if not word.startswith("-")][:1])  # program, script
+    return next((kind for kind, marks in PROCESS_KINDS if any(mark in head for mark in marks)), "other")
+
+
+class CpuSampler(threading.Thread):
+    """CPU seconds (user + system) of the launch command and every process descended from it, read from /proc
+    every 0.1 s (what a process spends after its last sample before it exits is missed)."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root, self.stop = root, threading.Event()
+        self.cpu: dict[int, float] = {}
+        self.kind: dict[int, str] = {root: "driver"}
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sample()
+            self.stop.wait(0.1)
+
+    def sample(self) -> None:
+        table = process_table()
+        grew = True
+        while grew:  # a process once seen stays ours, also once its parent has exited and it is reparented
+            new = {pid for pid, info in table.items() if info.parent in self.kind and pid not in self.kind}
+            for pid in new:
+                self.kind[pid] = "other"
+            grew = bool(new)
+        for pid in self.kind.keys() & table.keys():
+            self.cpu[pid] = max(self.cpu.get(pid, 0.0), table[pid].cpu_ticks / self.tick)
+            if self.kind[pid] == "other":  # seen before its exec (an empty command line), or not known yet
+                self.kind[pid] = process_kind(table[pid].cmdline)
+
+    def by_kind(self) -> dict[str, tuple[int, float]]:
+        totals: dict[str, tuple[int, float]] = {}
+        for pid, cpu in self.cpu.items():
+            count, seconds = totals.get(self.kind[pid], (0, 0.0))
+            totals[self.kind[pid]] = (count + 1, seconds + cpu)
+        return totals
+
+
+def print_cpu(by_kind: dict[str, tuple[int, float]], compute: float, wall: float, cpus: int) -> None:
+    """CPU seconds by kind of process; the run is CPU-bound when they fill the cores for the whole wall time, and
+    then only less CPU work outside the rounds brings the wall time down."""
+    total = sum(seconds for _, seconds in by_kind.values())
+    print("CPU seconds, every process of the launch (from /proc):")
+    for kind in ("driver", *(kind for kind, _ in PROCESS_KINDS), "other"):
+        if kind in by_kind:
+            count, seconds = by_kind[kind]
+            print(f"{'  ' + kind:<32}{seconds:8.1f} s  ({count} process{'es' if count > 1 else ''})")
+    print(f"{'  all':<32}{total:8.1f} s  = {100 * total / (cpus * wall):.0f}% of {cpus} cores over the wall time")
+    print(f"{'  not in rounds (all - compute)':<32}{total - compute:8.1f} s  "
+          f"(at {cpus} cores: {(total - compute) / cpus:.1f} s of wall at the least)")
 
 
 if __name__ == "__main__":
