@@ -20,6 +20,7 @@ import torch
 from test_replicates import tiny_data
 
 from lth_sweep.config import MODELS, ExperimentConfig, RewindConfig, build_experiment
+from lth_sweep.engine import lottery
 from lth_sweep.engine.data import DatasetSplits
 from lth_sweep.engine.lottery import Trial
 from lth_sweep.engine.pack import Pack, pack_key, split_packs
@@ -182,6 +183,23 @@ def test_killed_pack_continues_packed_or_alone(continue_as: str, float64: None, 
     for k in range(len(configs)):
         assert_same_rounds(alone[k], packed[k], f"{continue_as} member {k}")
         assert_same_files(tmp_path / f"alone{k}", tmp_path / f"packed{k}", f"{continue_as} member {k}")
+
+
+def test_a_finished_pack_returns_its_records_without_loading_the_dataset(float64: None, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed sweep reopens finished packs: they only read their folders (a CIFAR load is seconds)."""
+    data, dataset = small_data("mlp")
+    configs = member_configs("mlp", data, dataset)
+    records = pack_of(configs, data, tmp_path).run()
+
+    def no_load(*args: Any) -> None:
+        raise AssertionError("the dataset was loaded")
+
+    monkeypatch.setattr(lottery, "load_dataset", no_load)
+    again = Pack([Trial(c, tmp_path / f"packed{k}") for k, c in enumerate(configs)]).run()
+    assert again == records
+    with pytest.raises(AssertionError, match="dataset was loaded"):  # one that has rounds to go loads it
+        Pack([Trial(c, tmp_path / f"more{k}") for k, c in enumerate(configs)]).run()
 
 
 def test_configs_that_change_shapes_or_steps_go_to_separate_packs() -> None:

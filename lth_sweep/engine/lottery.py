@@ -159,6 +159,7 @@ class Trial:
         self.device = resolve_device(config.device)
         self.seeds = [config.seed + k for k in range(config.replicates)]
         self._data = data
+        self._data_from: Trial | None = None
         self.check_out_dir()
 
     # ----------------------------------------------------------------------------- files
@@ -205,8 +206,14 @@ class Trial:
     @property
     def data(self) -> DatasetSplits:
         if self._data is None:
-            self._data = load_dataset(self.config.dataset, self.device)
+            source = self._data_from
+            self._data = source.data if source is not None else load_dataset(self.config.dataset, self.device)
         return self._data
+
+    def share_data(self, other: Trial) -> None:
+        """When this trial first needs its data and was given none, it takes `other`'s (loaded then, once)."""
+        if self._data is None:
+            self._data_from = other
 
     @functools.cached_property
     def prunable_kinds(self) -> dict[str, str]:

@@ -88,9 +88,8 @@ class Pack:
                              "iterations, rounds, evaluation, stability and runtime; split them with split_packs")
         self.trials = trials
         self.config = trials[0].config
-        for trial in trials[1:]:  # one copy of the data for the whole pack
-            if trial._data is None:
-                trial._data = trials[0].data
+        for trial in trials[1:]:  # one copy of the data for the whole pack, loaded when a member first needs it
+            trial.share_data(trials[0])
         self.states: list[dict[str, Any]] = []
         self.after_group = after_group
         self.stopped: Container[int] = set()
