@@ -163,6 +163,28 @@ def test_an_offline_run_gets_what_was_logged_while_it_started(tmp_path: Path, mo
     assert json.loads((tmp_path / LOGGED_ROUNDS_FILE).read_text()) == {"round": 2}
 
 
+def test_a_pack_s_runs_keep_every_row_whichever_finishes_first(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pack's members are live W&B runs in one worker, finished one after another: finishing one must not stop
+    W&B's service under the others (their last rows were lost, and with them the round in W&B)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    trackers = [Tracker(WandbConfig(mode="offline"), "g", f"member-{k}", f"member-{k}", {}, tmp_path / str(k), "max",
+                        10) for k in range(2)]
+    for r in range(3):
+        for tracker in trackers:
+            tracker.log_curve({"val_acc": 0.5 + r / 10}, 10 * r + 5)
+            tracker.log_round({"round": r, "density": 0.8 ** r, "val_acc": 0.6 + r / 10}, {"objective": r})
+    for tracker in trackers:
+        tracker.finish()
+        assert tracker.notices == []
+    for k in range(2):
+        (run_dir,) = (tmp_path / str(k)).glob("wandb/offline-run-*")
+        items = h.history_items(h.wandb_records(run_dir))
+        assert [item["round"] for item in items if "val_acc" in item] == [0, 1, 2], k
+        assert json.loads((tmp_path / str(k) / LOGGED_ROUNDS_FILE).read_text()) == {"round": 2}, k
+
+
 def test_a_run_that_cannot_start_turns_tracking_off_with_a_notice(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The start thread's failure reaches the trial's notices at its next log call, and the trial goes on."""

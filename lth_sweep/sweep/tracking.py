@@ -83,6 +83,24 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+# W&B's service in this process serves every live run: a pack's members are several at once. It is stopped only
+# when the last of them has finished (stopping it under a live run loses that run's last rows).
+_live_runs: set[int] = set()
+_live_runs_lock = threading.Lock()
+
+
+def _run_started(tracker_id: int) -> None:
+    with _live_runs_lock:
+        _live_runs.add(tracker_id)
+
+
+def _run_ended(tracker_id: int) -> bool:
+    """Whether no other run of this process is live (W&B's service may stop)."""
+    with _live_runs_lock:
+        _live_runs.discard(tracker_id)
+        return not _live_runs
+
+
 def scalar_metrics(record: dict[str, Any]) -> dict[str, float]:
     """The numeric fields of a round record, with density_by_kind flattened."""
     out = {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -144,6 +162,7 @@ class Tracker:
             if objective_mode is not None:
                 run.define_metric("objective", step_metric="round", summary=objective_mode)
             run.define_metric("*", step_metric="round")
+            _run_started(id(self))
         except Exception as err:  # noqa: BLE001 - tracking must never fail the trial
             self._give_up(err)
             run = None
@@ -166,7 +185,10 @@ class Tracker:
                 raise
             self.notice(f"W&B did not start online ({first_line(err)}); this trial's run is written offline "
                         f"under {directory / 'wandb'} (upload it later with: wandb sync)")
-        wandb.teardown()  # the failed online run still holds its id in W&B's service
+        with _live_runs_lock:
+            alone = not _live_runs
+        if alone:  # the failed online run still holds its id in W&B's service; not stopped under a live run
+            wandb.teardown()
         self.mode = "offline"
         return wandb.init(mode="offline", settings=settings(), **start)
 
@@ -226,10 +248,11 @@ class Tracker:
         self._call(log)
 
     def finish(self) -> None:
-        """Waits for the run's start, finishes the run (W&B has then written its rows), stops W&B's service and
-        records the run's rounds. The service is stopped now, not by W&B's atexit hook in a worker that Ray ends
-        with its process group (the service is gone by then and the hook fails with a traceback); the next
-        trial's start, in the background, starts it again."""
+        """Waits for the run's start, finishes the run (W&B has then written its rows), stops W&B's service when
+        no other run of this process is live (a pack's members), and records the run's rounds. The service is
+        stopped now, not by W&B's atexit hook in a worker that Ray ends with its process group (the service is
+        gone by then and the hook fails with a traceback); the next trial's start, in the background, starts it
+        again."""
         if self._starter is not None:
             self._starter.join()
             self._starter = None  # let go of the thread here, in the trial's thread, not in Ray's main thread later
@@ -237,12 +260,17 @@ class Tracker:
             self.notices.append(text)
         self._thread_notices.clear()
         if self.run is None:
+            _run_ended(id(self))  # a run that gave up is not waited for
             return
         try:
             import wandb
 
-            self.run.finish()
-            wandb.teardown()
+            try:
+                self.run.finish()
+            finally:
+                last = _run_ended(id(self))
+            if last:
+                wandb.teardown()
             if self.pending_round > self.logged_round:
                 self.logged_round = self.pending_round
                 write_text(self.logged_rounds_path, json.dumps({"round": self.logged_round}))
