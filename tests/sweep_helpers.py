@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -191,6 +192,23 @@ def _reap(find: Callable[[], list[int]], wait: float) -> list[int]:
     return left
 
 
+@contextmanager
+def started(*args: str | Path, cwd: Path, env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """An `lth-sweep` command running in a process group of its own, its output in `log_path`. Leaving the block
+    kills the group if the command still runs, then reaps what of it outlives 5 s (Ray's own reaper takes a local
+    instance down with its driver)."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cli_argv(*args), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            kill_group(proc.pid)
+            proc.wait()
+        reap_group(proc.pid, wait=5)
+
+
 def private_ray_tmp() -> Iterator[Path]:
     """For a fixture: a short private Ray temp dir (Ray's socket paths must stay under ~107 bytes);
     afterwards, kills whatever process of this test session still runs, and removes the dir."""
@@ -252,8 +270,33 @@ def assert_every_round_once(sweep_dir: Path, trials: list[dict[str, Any]], round
         assert math.isclose(trial["objective"], matching_density(records, tolerance), rel_tol=1e-6), trial
 
 
+def resume_to_the_end(sweep_dir: Path, cwd: Path, env: dict[str, str], num_samples: int, rounds: int) -> Result:
+    """`lth-sweep resume` of an interrupted sweep: it exits 0, every trial is TERMINATED, and the ledger holds each
+    config's every round exactly once. Returns the resume's result."""
+    resumed = run_cli("resume", sweep_dir, cwd=cwd, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.explain()
+    status = status_json(sweep_dir, cwd, env)
+    assert [t["state"] for t in status["trials"]] == ["TERMINATED"] * num_samples
+    trained = [(line["config_hash"], line["round"]) for line in ledger(sweep_dir)]
+    assert len(trained) == len(set(trained)) == num_samples * rounds
+    return resumed
+
+
 def wandb_run_dirs(sweep_dir: Path, config_hash: str) -> list[Path]:
     return sorted((sweep_dir / "by_config" / config_hash / "wandb" / "wandb").glob("offline-run-*"))
+
+
+def wandb_rounds(sweep_dir: Path, config_hash: str) -> list[int]:
+    """The rounds of a config's offline W&B runs, read in order as `wandb sync` does: a run's row counts only
+    when its step is past every step before it (a resumed run replays nothing)."""
+    last_step, rounds = -1, []
+    for run_dir in wandb_run_dirs(sweep_dir, config_hash):
+        for item in history_items(wandb_records(run_dir)):
+            if item["_step"] > last_step:
+                last_step = item["_step"]
+                if "val_acc" in item:
+                    rounds.append(item["round"])
+    return rounds
 
 
 def wandb_records(run_dir: Path) -> list[dict[str, Any]]:

@@ -45,11 +45,9 @@ def test_second_driver_is_refused_and_a_killed_one_is_taken_over(tmp_path: Path,
     sweep_file = h.write_sweep(tmp_path / "imp.yaml", tree)
     sweep_dir = tmp_path / "storage" / "imp"
     env = h.cli_env(ray_tmp)
-    with open(tmp_path / "launch.log", "w") as log:
-        first = subprocess.Popen(h.cli_argv("launch", sweep_file, "--storage", tmp_path / "storage"), cwd=tmp_path,
-                                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     second_ray = second_ray_tmp
-    try:
+    with h.started("launch", sweep_file, "--storage", tmp_path / "storage", cwd=tmp_path, env=env,
+                   log_path=tmp_path / "launch.log") as first:
         h.poll(lambda: h.ledger(sweep_dir) or first.poll() is not None, timeout=300, interval=0.1,
                what="the first driver's first round")
         assert first.poll() is None, "the sweep ended too soon:\n" + (tmp_path / "launch.log").read_text()
@@ -67,11 +65,6 @@ def test_second_driver_is_refused_and_a_killed_one_is_taken_over(tmp_path: Path,
 
         h.kill_group(first.pid)
         first.wait(timeout=30)
-    finally:
-        if first.poll() is None:
-            h.kill_group(first.pid)
-            first.wait()
-    h.reap_group(first.pid, wait=5)
     h.kill_marked()
     trained_before = len(h.ledger(sweep_dir))
     assert trained_before < NUM_SAMPLES * ROUNDS, "the kill came after the sweep had finished"

@@ -68,12 +68,7 @@ def test_ctrl_c_under_tee_exits_130_with_the_hint_and_leaves_no_ray(tmp_path: Pa
     assert not left, f"left running 20 s after the driver exited: {left}"
     assert len(h.ledger(sweep_dir)) < NUM_SAMPLES * ROUNDS
 
-    resumed = h.run_cli("resume", sweep_dir, cwd=tmp_path, env=env, timeout=300)
-    assert resumed.returncode == 0, resumed.explain()
-    status = h.status_json(sweep_dir, tmp_path, env)
-    assert [t["state"] for t in status["trials"]] == ["TERMINATED"] * NUM_SAMPLES
-    trained = [(line["config_hash"], line["round"]) for line in h.ledger(sweep_dir)]
-    assert len(trained) == len(set(trained)) == NUM_SAMPLES * ROUNDS
+    h.resume_to_the_end(sweep_dir, tmp_path, env, NUM_SAMPLES, ROUNDS)
 
 
 # ------------------------------------------------------------------------------------ the last resort

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -179,11 +178,9 @@ def node_loss(nodes: Nodes, s3: S3Server, tmp_path_factory: pytest.TempPathFacto
     env = h.cli_env(ray_tmp, **CREDENTIALS)
     uri = s3.uri(f"nodeloss/{NAME}")
     address = nodes.cluster.address
-    log = open(base / "launch.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(h.cli_argv("launch", sweep_file, "--storage", s3.uri("nodeloss"), "--address", address),
-                            cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     timings: dict[str, float] = {}
-    try:
+    with h.started("launch", sweep_file, "--storage", s3.uri("nodeloss"), "--address", address, cwd=base, env=env,
+                   log_path=base / "launch.log") as proc:
         first = h.poll(lambda: h.ledger(uri) or proc.poll() is not None, timeout=300, interval=0.1,
                        what="a first round in the ledger")
         assert proc.poll() is None, (base / "launch.log").read_text()
@@ -207,12 +204,6 @@ def node_loss(nodes: Nodes, s3: S3Server, tmp_path_factory: pytest.TempPathFacto
         h.kill_group(proc.pid)  # the driver dies; the cluster lives on
         proc.wait(timeout=30)
         ledger_at_driver_kill = h.ledger(uri)
-    finally:
-        if proc.poll() is None:
-            h.kill_group(proc.pid)
-            proc.wait()
-        log.close()
-    h.reap_group(proc.pid, wait=5)
     elsewhere = base / "elsewhere"
     elsewhere.mkdir()
     resume = h.run_cli("resume", uri, "--address", address, cwd=elsewhere, env=env, timeout=300)
@@ -277,11 +268,5 @@ def test_every_round_reached_wandb_once(node_loss: NodeLoss, status: dict[str, A
     """The offline runs of the lost node were mirrored to the bucket; read in order as `wandb sync` does,
     every round of every trial is there exactly once."""
     for trial in status["trials"]:
-        last_step, rounds = -1, []
-        for run_dir in h.wandb_run_dirs(node_loss.local, trial["config_hash"]):
-            for item in h.history_items(h.wandb_records(run_dir)):
-                if item["_step"] > last_step:
-                    last_step = item["_step"]
-                    if "val_acc" in item:
-                        rounds.append(item["round"])
+        rounds = h.wandb_rounds(node_loss.local, trial["config_hash"])
         assert rounds == list(range(ROUNDS)), (trial["config_hash"], rounds)

@@ -27,9 +27,7 @@ def ray_tmp() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory, data_root: Path, ray_tmp: Path) -> h.Sweep:
-    finished = h.reference_sweep(tmp_path_factory, data_root, ray_tmp)
-    assert finished.launch.returncode == 0, finished.launch.explain()
-    return finished
+    return h.finished(h.reference_sweep(tmp_path_factory, data_root, ray_tmp))
 
 
 def test_launch_prints_progress_and_summary_in_few_lines(sweep: h.Sweep) -> None:

@@ -57,21 +57,14 @@ def interrupted(s3: S3Server, tmp_path_factory: pytest.TempPathFactory, data_roo
     sweep_file = h.write_sweep(base / f"{NAME}.yaml", tree)
     env = h.cli_env(ray_tmp, TMPDIR=str(mirrors), **CREDENTIALS)
     uri = s3.uri(f"{PREFIX}/{NAME}")
-    with open(base / "launch.log", "w") as log:
-        proc = subprocess.Popen(h.cli_argv("launch", sweep_file, "--storage", s3.uri(PREFIX)), cwd=base, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    with h.started("launch", sweep_file, "--storage", s3.uri(PREFIX), cwd=base, env=env,
+                   log_path=base / "launch.log") as proc:
         h.poll(lambda: mid_trial(h.ledger(uri)) or proc.poll() is not None, timeout=240, interval=0.3,
                what="two rounds in the bucket's ledger, one trial part-way")
         assert proc.poll() is None, "the sweep ended before it could be killed:\n" + (base / "launch.log").read_text()
         h.kill_group(proc.pid)
         proc.wait(timeout=30)
         ledger_at_kill = h.ledger(uri)
-    finally:
-        if proc.poll() is None:
-            h.kill_group(proc.pid)
-            proc.wait()
-    h.reap_group(proc.pid, wait=5)
     h.kill_marked()
     deleted = sorted(p.name for p in (mirrors / "lth_sweep" / NAME).iterdir())
     shutil.rmtree(mirrors / "lth_sweep")
@@ -127,15 +120,8 @@ def test_every_round_reached_wandb_once(interrupted: Interrupted, status: dict[s
     """The offline runs are in the bucket (mirrored after every round and at the end), including those of the
     killed trials; read in order as `wandb sync` does, every round is there exactly once."""
     for trial in status["trials"]:
-        run_dirs = h.wandb_run_dirs(interrupted.local, trial["config_hash"])
-        assert run_dirs, trial
-        last_step, rounds = -1, []
-        for run_dir in run_dirs:
-            for item in h.history_items(h.wandb_records(run_dir)):
-                if item["_step"] > last_step:
-                    last_step = item["_step"]
-                    if "val_acc" in item:
-                        rounds.append(item["round"])
+        assert h.wandb_run_dirs(interrupted.local, trial["config_hash"]), trial
+        rounds = h.wandb_rounds(interrupted.local, trial["config_hash"])
         assert rounds == list(range(ROUNDS)), (trial["config_hash"], rounds)
 
 

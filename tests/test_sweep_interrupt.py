@@ -55,9 +55,4 @@ def test_ctrl_c_saves_exits_and_resumes(tmp_path: Path, data_root: Path, ray_tmp
     best_line = next((line for line in output.splitlines() if line.startswith("best trials:")), "")
     assert not any(trial_id in best_line for trial_id in partial), output[-3000:]
 
-    resumed = h.run_cli("resume", sweep_dir, cwd=tmp_path, env=env, timeout=300)
-    assert resumed.returncode == 0, resumed.explain()
-    status = h.status_json(sweep_dir, tmp_path, env)
-    assert [t["state"] for t in status["trials"]] == ["TERMINATED"] * NUM_SAMPLES
-    trained = [(line["config_hash"], line["round"]) for line in h.ledger(sweep_dir)]
-    assert len(trained) == len(set(trained)) == NUM_SAMPLES * ROUNDS
+    h.resume_to_the_end(sweep_dir, tmp_path, env, NUM_SAMPLES, ROUNDS)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,25 +56,16 @@ def interrupted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     sweep_file = h.write_sweep(base / "imp.yaml", tree)
     sweep_dir = base / "storage" / "imp"
     env = h.cli_env(ray_tmp)
-    with open(base / "launch.log", "w") as log:
-        proc = subprocess.Popen(h.cli_argv("launch", sweep_file, "--storage", base / "storage"), cwd=base, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    with h.started("launch", sweep_file, "--storage", base / "storage", cwd=base, env=env,
+                   log_path=base / "launch.log") as proc:
         h.poll(lambda: mid_trial(h.ledger(sweep_dir)) or proc.poll() is not None, timeout=240,
                interval=0.1, what="3 rounds in the ledger, one trial part-way")
         log_text = (base / "launch.log").read_text
         assert proc.poll() is None, "the sweep ended before it could be interrupted:\n" + log_text()
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone: Ray's own reaper takes the local instance down
         proc.wait(timeout=30)
         ledger_at_kill = h.ledger(sweep_dir)
-    finally:
-        if proc.poll() is None:
-            h.kill_group(proc.pid)
-            proc.wait()
-    # Ray's own reaper takes the local instance down with its driver; whatever of it (in the killed
-    # process group, or any process of this test session) still runs after 5 s is killed here.
-    h.reap_group(proc.pid, wait=5)
-    h.kill_marked()
+    h.kill_marked()  # any process of this test session that still runs
     status_at_kill = h.run_cli("status", sweep_dir, "--json", cwd=base, env=env, timeout=120)
     report_at_kill = h.run_cli("report", sweep_dir, "--out", base / "report_at_kill", cwd=base, env=env, timeout=180)
     resume = h.run_cli("resume", sweep_dir, cwd=base, env=env, timeout=300)
