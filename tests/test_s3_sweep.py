@@ -2,7 +2,8 @@
 with `--storage 's3://BUCKET/PREFIX?endpoint_override=...'`, its launch process group SIGKILLed mid-sweep, every
 local temporary mirror deleted, then resumed from the URI alone. Every trial finishes with each round once, no
 round is trained twice (the ledger is on the bucket too), each round reaches W&B once, and the printed
-`wandb sync` hint works as printed. Real Ray, Optuna, pyarrow, W&B offline; only S3 itself is moto's.
+`wandb sync` hint works as printed; alone and packed two configs per trial (`search.pack: 2`). Real Ray,
+Optuna, pyarrow, W&B offline; only S3 itself is moto's.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from s3_server import CREDENTIALS, FAKE_SECRET, S3Server
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 ROUNDS, NUM_SAMPLES = 3, 3
-PREFIX = "sweeps"
 NAME = "imp-s3"
 
 
@@ -33,7 +33,8 @@ def ray_tmp() -> Iterator[Path]:
 
 
 class Interrupted(NamedTuple):
-    uri: str  # the sweep: s3://BUCKET/sweeps/imp-s3?endpoint_override=...
+    uri: str  # the sweep: s3://BUCKET/PREFIX/imp-s3?endpoint_override=...
+    prefix: str  # where in the bucket: sweeps-alone or sweeps-packed
     base: Path
     env: dict[str, str]
     ledger_at_kill: list[dict[str, Any]]
@@ -47,17 +48,19 @@ def mid_trial(ledger: list[dict[str, Any]]) -> bool:
     return len(ledger) >= 2 and any(0 < n < ROUNDS for n in done.values())
 
 
-@pytest.fixture(scope="module")
-def interrupted(s3: S3Server, tmp_path_factory: pytest.TempPathFactory, data_root: Path,
-                ray_tmp: Path) -> Interrupted:
+@pytest.fixture(scope="module", params=[1, 2], ids=["alone", "packed"])
+def interrupted(request: pytest.FixtureRequest, s3: S3Server, tmp_path_factory: pytest.TempPathFactory,
+                data_root: Path, ray_tmp: Path) -> Interrupted:
     base = tmp_path_factory.mktemp("s3sweep")
+    prefix = "sweeps-alone" if request.param == 1 else "sweeps-packed"
     mirrors = base / "tmp"  # the trials' TMPDIR: their local mirrors go to mirrors/lth_sweep/<name>/<hash>
     mirrors.mkdir()
     tree = h.sweep_tree(data_root, epochs=3, rounds=ROUNDS, num_samples=NUM_SAMPLES, max_concurrent=2)
+    tree["search"]["pack"] = request.param
     sweep_file = h.write_sweep(base / f"{NAME}.yaml", tree)
     env = h.cli_env(ray_tmp, TMPDIR=str(mirrors), **CREDENTIALS)
-    uri = s3.uri(f"{PREFIX}/{NAME}")
-    with h.started("launch", sweep_file, "--storage", s3.uri(PREFIX), cwd=base, env=env,
+    uri = s3.uri(f"{prefix}/{NAME}")
+    with h.started("launch", sweep_file, "--storage", s3.uri(prefix), cwd=base, env=env,
                    log_path=base / "launch.log") as proc:
         h.poll(lambda: mid_trial(h.ledger(uri)) or proc.poll() is not None, timeout=240, interval=0.3,
                what="two rounds in the bucket's ledger, one trial part-way")
@@ -72,7 +75,8 @@ def interrupted(s3: S3Server, tmp_path_factory: pytest.TempPathFactory, data_roo
     elsewhere.mkdir()
     resume = h.run_cli("resume", uri, cwd=elsewhere, env=env, timeout=300)
     (base / "resume.log").write_text(resume.explain())
-    return Interrupted(uri, base, env, ledger_at_kill, deleted, resume, s3.download(f"{PREFIX}/{NAME}", base / "copy"))
+    return Interrupted(uri, prefix, base, env, ledger_at_kill, deleted, resume,
+                       s3.download(f"{prefix}/{NAME}", base / "copy"))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +91,7 @@ def test_the_kill_landed_mid_sweep_and_the_mirrors_were_deleted(interrupted: Int
 
 
 def test_the_sweep_lives_in_the_bucket(interrupted: Interrupted, s3: S3Server) -> None:
-    keys = s3.keys(f"{PREFIX}/{NAME}")
+    keys = s3.keys(f"{interrupted.prefix}/{NAME}")
     assert "sweep.json" in keys
     assert any(k.startswith("ledger/") for k in keys) and "rounds_trained.jsonl" not in keys
     assert any(k.startswith("trial_") for k in keys)  # Tune's own state and checkpoints
