@@ -3,7 +3,8 @@ CPU per worker, none on the head), storage on an S3 bucket (moto's server on loo
 One worker node's processes are all SIGKILLed while its trial is mid-round, and that node's local disk (its
 TMPDIR, where trials keep their local mirror) is deleted: the trial continues on the other node from its last
 finished round. Then the driver is SIGKILLed and the sweep resumed with `--address` from the URI alone. Nothing
-is lost, nothing duplicated: in the engine's rounds.jsonl, the ledger, Tune's results or W&B.
+is lost, nothing duplicated: in the engine's rounds.jsonl, the ledger, Tune's results or W&B. All of it alone and
+packed two configs per trial (`search.pack: 2`), each on a cluster of its own (the first loses a node).
 
 The same cluster first shows the multi-node guard: a local `--storage` folder is refused at once (exit 2).
 
@@ -49,8 +50,15 @@ def ray_tmp() -> Iterator[Path]:
     yield from h.private_ray_tmp()
 
 
+@pytest.fixture(scope="module", params=[1, 2], ids=["alone", "packed"])
+def pack(request: pytest.FixtureRequest) -> int:
+    """Configs per Tune trial (`search.pack`)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def nodes(ray_tmp: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
+def nodes(pack: int, ray_tmp: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
+    """A cluster for each pack size: the node-loss run kills one of its nodes."""
     from ray.cluster_utils import Cluster
 
     disks = tmp_path_factory.mktemp("node_disks")
@@ -170,16 +178,18 @@ def seconds_per_round(entries: list[dict[str, Any]]) -> float:
 
 
 @pytest.fixture(scope="module")
-def node_loss(nodes: Nodes, s3: S3Server, tmp_path_factory: pytest.TempPathFactory, data_root: Path,
+def node_loss(nodes: Nodes, pack: int, s3: S3Server, tmp_path_factory: pytest.TempPathFactory, data_root: Path,
               ray_tmp: Path) -> NodeLoss:
     base = tmp_path_factory.mktemp("node_loss")
+    prefix = "nodeloss" if pack == 1 else "nodeloss-packed"
     tree = h.sweep_tree(data_root, epochs=EPOCHS, rounds=ROUNDS, num_samples=NUM_SAMPLES, max_concurrent=1)
+    tree["search"]["pack"] = pack
     sweep_file = h.write_sweep(base / f"{NAME}.yaml", tree)
     env = h.cli_env(ray_tmp, **CREDENTIALS)
-    uri = s3.uri(f"nodeloss/{NAME}")
+    uri = s3.uri(f"{prefix}/{NAME}")
     address = nodes.cluster.address
     timings: dict[str, float] = {}
-    with h.started("launch", sweep_file, "--storage", s3.uri("nodeloss"), "--address", address, cwd=base, env=env,
+    with h.started("launch", sweep_file, "--storage", s3.uri(prefix), "--address", address, cwd=base, env=env,
                    log_path=base / "launch.log") as proc:
         first = h.poll(lambda: h.ledger(uri) or proc.poll() is not None, timeout=300, interval=0.1,
                        what="a first round in the ledger")
@@ -215,7 +225,7 @@ def node_loss(nodes: Nodes, s3: S3Server, tmp_path_factory: pytest.TempPathFacto
     print(f"\nnode loss: {json.dumps(timings)}")
     (base / "timings.json").write_text(json.dumps(timings))
     return NodeLoss(uri, base, env, lost, config_hash, killed_after, killed_pids, ledger_at_driver_kill, resume,
-                    s3.download(f"nodeloss/{NAME}", base / "copy"), timings)
+                    s3.download(f"{prefix}/{NAME}", base / "copy"), timings)
 
 
 @pytest.fixture(scope="module")
@@ -260,8 +270,17 @@ def test_nothing_lost_nothing_duplicated(node_loss: NodeLoss, status: dict[str, 
         assert missing <= {at_kill[trial["config_hash"]]}, (trial, missing)
         # Tune's own results: every round; a trial that Tune's lagging snapshot (after the driver's SIGKILL)
         # still saw part-way reports its later rounds again, from the engine's state, without training them
-        results = h.read_jsonl(node_loss.local / f"trial_{trial['trial_id']}" / "result.json")
-        assert sorted({r["round"] for r in results}) == list(range(ROUNDS)), trial
+        assert tune_rounds(node_loss.local, trial["trial_id"]) == list(range(ROUNDS)), trial
+
+
+def tune_rounds(sweep_dir: Path, trial_id: str) -> list[int]:
+    """The rounds in Tune's result.json for a trial, or for pack member `<tune trial>_<j>` (in its pack's results)."""
+    alone = sweep_dir / f"trial_{trial_id}" / "result.json"
+    if alone.exists():
+        return sorted({r["round"] for r in h.read_jsonl(alone)})
+    tune_trial, j = trial_id.rsplit("_", 1)
+    members = [r["members"][int(j)] for r in h.read_jsonl(sweep_dir / f"trial_{tune_trial}" / "result.json")]
+    return sorted({m["round"] for m in members if "round" in m})
 
 
 def test_every_round_reached_wandb_once(node_loss: NodeLoss, status: dict[str, Any]) -> None:
