@@ -83,22 +83,31 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-# W&B's service in this process serves every live run: a pack's members are several at once. It is stopped only
-# when the last of them has finished (stopping it under a live run loses that run's last rows).
-_live_runs: set[int] = set()
-_live_runs_lock = threading.Lock()
+# W&B's service in this process serves every run in it: a pack's members are several at once, each started in a
+# thread of its own. A run counts from its Tracker's creation to its finish, and the service is stopped only when no
+# run counts any more: stopping it under a run, even one still starting, loses that run's last rows. W&B's start,
+# finish and stop are called one thread at a time: two runs starting at once raced in W&B's own service start (the
+# loser got "Connection lost").
+_runs: set[int] = set()
+_runs_lock = threading.Lock()
+_wandb_calls = threading.Lock()
 
 
-def _run_started(tracker_id: int) -> None:
-    with _live_runs_lock:
-        _live_runs.add(tracker_id)
+def _run_begins(tracker_id: int) -> None:
+    with _runs_lock:
+        _runs.add(tracker_id)
 
 
-def _run_ended(tracker_id: int) -> bool:
-    """Whether no other run of this process is live (W&B's service may stop)."""
-    with _live_runs_lock:
-        _live_runs.discard(tracker_id)
-        return not _live_runs
+def _run_ends(tracker_id: int) -> bool:
+    """Whether it was the last run of this process (W&B's service may stop)."""
+    with _runs_lock:
+        _runs.discard(tracker_id)
+        return not _runs
+
+
+def _others_run(tracker_id: int) -> bool:
+    with _runs_lock:
+        return bool(_runs - {tracker_id})
 
 
 def scalar_metrics(record: dict[str, Any]) -> dict[str, float]:
@@ -138,6 +147,7 @@ class Tracker:
         if self.logged_rounds_path.exists():
             self.logged_round = json.loads(self.logged_rounds_path.read_text())["round"]
         directory.mkdir(parents=True, exist_ok=True)
+        _run_begins(id(self))
         start = {"project": settings.project, "entity": settings.entity, "group": group, "name": run_name,
                  "id": run_id, "resume": "allow", "config": config, "dir": str(directory), "reinit": "create_new"}
         if self.mode == "online":
@@ -162,7 +172,6 @@ class Tracker:
             if objective_mode is not None:
                 run.define_metric("objective", step_metric="round", summary=objective_mode)
             run.define_metric("*", step_metric="round")
-            _run_started(id(self))
         except Exception as err:  # noqa: BLE001 - tracking must never fail the trial
             self._give_up(err)
             run = None
@@ -179,18 +188,18 @@ class Tracker:
             return wandb.Settings(init_timeout=init_timeout(), console="off", x_disable_stats=True)
 
         try:
-            return wandb.init(mode=self.mode, settings=settings(), **start)
+            with _wandb_calls:
+                return wandb.init(mode=self.mode, settings=settings(), **start)
         except Exception as err:  # noqa: BLE001 - W&B raises several types (CommError, UsageError, ...)
             if self.mode != "online":
                 raise
             self.notice(f"W&B did not start online ({first_line(err)}); this trial's run is written offline "
                         f"under {directory / 'wandb'} (upload it later with: wandb sync)")
-        with _live_runs_lock:
-            alone = not _live_runs
-        if alone:  # the failed online run still holds its id in W&B's service; not stopped under a live run
-            wandb.teardown()
-        self.mode = "offline"
-        return wandb.init(mode="offline", settings=settings(), **start)
+        with _wandb_calls:
+            if not _others_run(id(self)):  # the failed online run still holds its id in W&B's service
+                wandb.teardown()
+            self.mode = "offline"
+            return wandb.init(mode="offline", settings=settings(), **start)
 
     def notice(self, text: str) -> None:
         """A warning for this worker's log and, through the trial's next report, the driver's terminal."""
@@ -249,7 +258,7 @@ class Tracker:
 
     def finish(self) -> None:
         """Waits for the run's start, finishes the run (W&B has then written its rows), stops W&B's service when
-        no other run of this process is live (a pack's members), and records the run's rounds. The service is
+        no other run of this process counts (a pack's members), and records the run's rounds. The service is
         stopped now, not by W&B's atexit hook in a worker that Ray ends with its process group (the service is
         gone by then and the hook fails with a traceback); the next trial's start, in the background, starts it
         again."""
@@ -260,17 +269,18 @@ class Tracker:
             self.notices.append(text)
         self._thread_notices.clear()
         if self.run is None:
-            _run_ended(id(self))  # a run that gave up is not waited for
+            _run_ends(id(self))  # a run that gave up (or never started) keeps nothing of W&B's service busy
             return
         try:
             import wandb
 
-            try:
-                self.run.finish()
-            finally:
-                last = _run_ended(id(self))
-            if last:
-                wandb.teardown()
+            with _wandb_calls:
+                try:
+                    self.run.finish()
+                finally:
+                    last = _run_ends(id(self))
+                if last:
+                    wandb.teardown()
             if self.pending_round > self.logged_round:
                 self.logged_round = self.pending_round
                 write_text(self.logged_rounds_path, json.dumps({"round": self.logged_round}))
