@@ -3,8 +3,9 @@ CPU per worker, none on the head), storage on an S3 bucket (moto's server on loo
 One worker node's processes are all SIGKILLed while its trial is mid-round, and that node's local disk (its
 TMPDIR, where trials keep their local mirror) is deleted: the trial continues on the other node from its last
 finished round. Then the driver is SIGKILLed and the sweep resumed with `--address` from the URI alone. Nothing
-is lost, nothing duplicated: in the engine's rounds.jsonl, the ledger, Tune's results or W&B. All of it alone and
-packed two configs per trial (`search.pack: 2`), each on a cluster of its own (the first loses a node).
+is lost, nothing duplicated: in the engine's rounds.jsonl, the ledger, Tune's results or W&B. All of it alone, and
+with LTH_SWEEP_TEST_PACKED_NODE_LOSS=1 also packed two configs per trial (`search.pack: 2`) on a cluster of its
+own (the first loses a node).
 
 The same cluster first shows the multi-node guard: a local `--storage` folder is refused at once (exit 2).
 
@@ -50,7 +51,11 @@ def ray_tmp() -> Iterator[Path]:
     yield from h.private_ray_tmp()
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["alone", "packed"])
+PACKED_ENV = "LTH_SWEEP_TEST_PACKED_NODE_LOSS"  # 1: also packed (~45 s more; left out of CI's ~15 min)
+
+
+@pytest.fixture(scope="module", params=[1, pytest.param(2, marks=pytest.mark.skipif(
+    not os.environ.get(PACKED_ENV), reason=f"packed node loss runs with {PACKED_ENV}=1"))], ids=["alone", "packed"])
 def pack(request: pytest.FixtureRequest) -> int:
     """Configs per Tune trial (`search.pack`)."""
     return request.param

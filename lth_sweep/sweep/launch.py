@@ -133,7 +133,7 @@ def start_member_asha(spec: LaunchSpec) -> Any:
         rounds, min(scheduler.grace_rounds, rounds), scheduler.reduction_factor, modes[0])
 
 
-# A Ray started here: its trial actors get no runtime_env (`tune_actors_without_runtime_env`), so each runs in a plain
+# A Ray started here: its trial actors get no runtime_env (`set_trial_actor_runtime_env`), so each runs in a plain
 # worker that the raylet starts directly, with the environment it inherited from this driver (a runtime_env would
 # put Ray's setup_worker.py, another Python start, in front of every worker). No worker is prestarted: on a small
 # machine both cores are busy with the start-up anyway, and on a big one it would be a torch import per CPU for
@@ -199,8 +199,9 @@ def init_ray(address: str | None, spec: LaunchSpec) -> str | None:
     return None
 
 
-def keep_cloud_keys_out_of_runtime_env(address: str | None) -> None:
-    """Tune copies AWS_* credentials from the driver's environment into every trial actor's runtime_env
+def set_trial_actor_runtime_env(address: str | None) -> None:
+    """What Tune puts in its trial actors' runtime_env: never a cloud key, and on a Ray started here nothing.
+    Tune copies AWS_* credentials from the driver's environment into every trial actor's runtime_env
     (ray/tune/execution/class_cache.py, ENV_VARS_TO_PROPAGATE), and Ray writes a runtime_env in plain text to its
     logs. Trials read credentials from their own environment instead: a Ray started here passes the driver's
     on to its workers; a cluster's nodes have their own (instance profile, a Secret; cluster/README.md).
@@ -395,7 +396,7 @@ def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool
 
             from lth_sweep.sweep.progress import Progress
 
-            keep_cloud_keys_out_of_runtime_env(address)
+            set_trial_actor_runtime_env(address)
             skip_callback_usage_tag()
             progress = Progress(terminal, spec.sweep.search.num_samples, spec.rounds(),
                                 metrics[0] if single else None, modes[0] if single else None)
