@@ -133,7 +133,7 @@ class CpuSampler(threading.Thread):
 
     def __init__(self, root: int) -> None:
         super().__init__(daemon=True)
-        self.root, self.stop = root, threading.Event()
+        self.stop = threading.Event()
         self.cpu: dict[int, float] = {}
         self.kind: dict[int, str] = {root: "driver"}
         self.tick = os.sysconf("SC_CLK_TCK")
