@@ -11,11 +11,12 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.fs as pafs
+from typing import TYPE_CHECKING
 
 from lth_sweep.errors import UserError
+
+if TYPE_CHECKING:  # imported where used: a local `lth-sweep run` needs no pyarrow (nor a torch-only GPU box)
+    import pyarrow.fs as pafs
 
 URI_SCHEMES = ("s3", "gs")
 ALLOWED = "a folder, s3://bucket/path or gs://bucket/path"
@@ -51,6 +52,9 @@ def check_folder(folder: Path, key: str) -> None:
 def filesystem(location: str, key: str = "storage") -> tuple[pafs.FileSystem, str]:
     """pyarrow's file system and path for a folder or a URI; an unknown scheme or option is a UserError
     naming `key`."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
     if not is_uri(location):
         return pafs.LocalFileSystem(), str(Path(location.removeprefix("file://")).absolute())
     scheme = location.partition("://")[0].lower()
@@ -89,6 +93,8 @@ def split_last(location: str) -> tuple[str, str]:
 def exists(location: str) -> bool:
     if not is_uri(location):
         return Path(location).exists()
+    import pyarrow.fs as pafs
+
     fs, path = filesystem(location)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
@@ -114,6 +120,8 @@ def write_text(location: str, text: str) -> None:
 
 def list_files(location: str) -> list[str]:
     """The files under a folder or URI prefix (recursively), as sorted paths relative to it; none if absent."""
+    import pyarrow.fs as pafs
+
     fs, path = filesystem(location)
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     prefix = path.rstrip("/") + "/"
@@ -122,6 +130,8 @@ def list_files(location: str) -> list[str]:
 
 def copy_dir(source: str, destination: str) -> None:
     """Copies a folder between a local path and a URI (either way)."""
+    import pyarrow.fs as pafs
+
     src_fs, src_path = filesystem(source)
     dst_fs, dst_path = filesystem(destination)
     dst_fs.create_dir(dst_path, recursive=True)

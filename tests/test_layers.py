@@ -66,3 +66,17 @@ def test_importing_the_engine_loads_neither_ray_nor_wandb() -> None:
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'wandb', 'optuna'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_a_local_run_needs_no_sweep_or_storage_packages(tmp_path: Path) -> None:
+    """`lth-sweep run` to a folder works where only torch, pydantic, yaml and click are installed (the GPU
+    machine of benchmarks/run_gpu.sh): it loads neither Ray, W&B, Optuna nor pyarrow."""
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['lth-sweep', 'run', {str(PACKAGE.parent / 'sweeps/experiments/mnist1d_mlp.yaml')!r}, '--set',"
+            f" 'prune.rounds=1', '--set', 'train.epochs=1', '--out', {str(tmp_path / 'trial')!r}]\n"
+            "try:\n    runpy.run_module('lth_sweep.cli', run_name='__main__')\nexcept SystemExit as exit:\n"
+            "    assert not exit.code, exit.code\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'wandb', 'optuna', 'pyarrow'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]", out
+    assert (tmp_path / "trial" / "rounds.jsonl").is_file()
