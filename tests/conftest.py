@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+import sweep_helpers as h
 import torch
 import yaml
 from s3_server import S3Server, s3_server
@@ -60,6 +61,20 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """An S3-compatible server (moto) on loopback with one bucket, started once for the session that asks."""
     yield from s3_server(tmp_path_factory.mktemp("moto"))
+
+
+@pytest.fixture(scope="session")
+def reference_ray_tmp() -> Iterator[Path]:
+    """The reference sweep's Ray temp dir, kept for the whole session (later commands on the sweep name it)."""
+    yield from h.private_ray_tmp()
+
+
+@pytest.fixture(scope="session")
+def reference_sweep(tmp_path_factory: pytest.TempPathFactory, data_root: Path, reference_ray_tmp: Path) -> h.Sweep:
+    """The reference sweep (`sweep_helpers.reference_tree`), launched once per session by the first module that
+    asks, and checked to have exited 0; the modules that use it only read it."""
+    return h.finished(h.launch_sweep(h.reference_tree(data_root), tmp_path_factory.mktemp("reference"),
+                                     reference_ray_tmp))
 
 
 @pytest.fixture(scope="session")

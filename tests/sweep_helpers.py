@@ -357,13 +357,3 @@ def finished(sweep: Sweep) -> Sweep:
     """`sweep`, after checking that its launch exited 0."""
     assert sweep.launch.returncode == 0, sweep.launch.explain()
     return sweep
-
-
-_REFERENCE: dict[str, Sweep] = {}
-
-
-def reference_sweep(tmp_path_factory: Any, data_root: Path, ray_tmp: Path) -> Sweep:
-    """The reference sweep, launched once per pytest session whichever module asks first."""
-    if "sweep" not in _REFERENCE:
-        _REFERENCE["sweep"] = launch_sweep(reference_tree(data_root), tmp_path_factory.mktemp("reference"), ray_tmp)
-    return _REFERENCE["sweep"]

@@ -200,14 +200,14 @@ def node_loss(nodes: Nodes, pack: int, s3: S3Server, tmp_path_factory: pytest.Te
                        what="a first round in the ledger")
         assert proc.poll() is None, (base / "launch.log").read_text()
         entry = first[-1]
-        lost, config_hash = nodes.name_of[entry["node_id"]], entry["config_hash"]
+        lost, config_hash, trial_id = nodes.name_of[entry["node_id"]], entry["config_hash"], entry["trial_id"]
         killed_pids = kill_node(nodes, lost)  # its trial is in round entry["round"] + 1 now
         killed_at = time.time()
         shutil.rmtree(nodes.tmp_of[lost] / "lth_sweep", ignore_errors=True)  # the node's disk is gone with it
         killed_after = max(e["round"] for e in h.ledger(uri) if e["config_hash"] == config_hash)
 
-        def continued() -> list[dict[str, Any]]:
-            return [e for e in h.ledger(uri) if e["config_hash"] == config_hash and e["time"] > killed_at]
+        def continued() -> list[dict[str, Any]]:  # the lost Tune trial's rounds since (a pack's: every member's)
+            return [e for e in h.ledger(uri) if e["trial_id"] == trial_id and e["time"] > killed_at]
 
         after = h.poll(lambda: continued() or proc.poll() is not None, timeout=300, interval=0.2,
                        what="the lost node's trial training again")
@@ -223,8 +223,8 @@ def node_loss(nodes: Nodes, pack: int, s3: S3Server, tmp_path_factory: pytest.Te
     elsewhere.mkdir()
     resume = h.run_cli("resume", uri, "--address", address, cwd=elsewhere, env=env, timeout=300)
     (base / "resume.log").write_text(resume.explain())
-    ledger = h.ledger(uri)  # the lost trial's rounds on its new node, undisturbed: a round's normal length
-    timings["seconds_per_round"] = seconds_per_round([e for e in ledger if e["config_hash"] == config_hash
+    # the lost trial's rounds on its new node until the driver was killed, undisturbed: a round's normal length
+    timings["seconds_per_round"] = seconds_per_round([e for e in ledger_at_driver_kill if e["trial_id"] == trial_id
                                                       and e["time"] > killed_at])
     timings["stall_s"] = timings["next_round_after_kill_s"] - timings["seconds_per_round"]
     print(f"\nnode loss: {json.dumps(timings)}")

@@ -26,8 +26,8 @@ def ray_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory, data_root: Path, ray_tmp: Path) -> h.Sweep:
-    return h.finished(h.reference_sweep(tmp_path_factory, data_root, ray_tmp))
+def sweep(reference_sweep: h.Sweep) -> h.Sweep:
+    return reference_sweep
 
 
 def test_launch_prints_progress_and_summary_in_few_lines(sweep: h.Sweep) -> None:

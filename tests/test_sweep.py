@@ -35,8 +35,8 @@ def ray_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory, data_root: Path, ray_tmp: Path) -> h.Sweep:
-    return h.finished(h.reference_sweep(tmp_path_factory, data_root, ray_tmp))
+def sweep(reference_sweep: h.Sweep) -> h.Sweep:
+    return reference_sweep
 
 
 @pytest.fixture(scope="module")

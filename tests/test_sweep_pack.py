@@ -45,8 +45,8 @@ def packed_tree(data_root: Path, pack: int, **search: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, data_root: Path, ray_tmp: Path) -> h.Sweep:
-    return h.finished(h.reference_sweep(tmp_path_factory, data_root, ray_tmp))
+def reference(reference_sweep: h.Sweep) -> h.Sweep:
+    return reference_sweep
 
 
 @pytest.fixture(scope="module")

@@ -80,8 +80,8 @@ def status(interrupted: Interrupted) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory, data_root: Path, ray_tmp: Path) -> h.Sweep:
-    return h.finished(h.reference_sweep(tmp_path_factory, data_root, ray_tmp))
+def uninterrupted(reference_sweep: h.Sweep) -> h.Sweep:
+    return reference_sweep
 
 
 def test_the_kill_landed_mid_sweep(interrupted: Interrupted) -> None:

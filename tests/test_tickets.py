@@ -231,13 +231,8 @@ def test_retraining_refuses_a_folder_holding_something_else(run_dir: Path, tmp_p
 
 
 @pytest.fixture(scope="module")
-def ray_tmp() -> Iterator[Path]:
-    yield from h.private_ray_tmp()
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory, data_root: Path, ray_tmp: Path) -> h.Sweep:
-    return h.finished(h.reference_sweep(tmp_path_factory, data_root, ray_tmp))
+def sweep(reference_sweep: h.Sweep) -> h.Sweep:
+    return reference_sweep
 
 
 @pytest.mark.slow
