@@ -63,6 +63,12 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     yield from s3_server(tmp_path_factory.mktemp("moto"))
 
 
+@pytest.fixture(scope="module")
+def ray_tmp() -> Iterator[Path]:
+    """A private Ray temp dir per test module; afterwards the module's leftover processes are killed."""
+    yield from h.private_ray_tmp()
+
+
 @pytest.fixture(scope="session")
 def reference_ray_tmp() -> Iterator[Path]:
     """The reference sweep's Ray temp dir, kept for the whole session (later commands on the sweep name it)."""

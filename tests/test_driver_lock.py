@@ -26,11 +26,6 @@ from lth_sweep.sweep.lock import LEASE_FILE, LOCK_FILE, Lease, LocalLock, driver
 NUM_SAMPLES, ROUNDS = 2, 3
 
 
-@pytest.fixture(scope="module")
-def ray_tmp() -> Iterator[Path]:
-    yield from h.private_ray_tmp()
-
-
 @pytest.fixture()
 def second_ray_tmp() -> Iterator[Path]:
     """The refused driver's own Ray folder (short: Ray's socket paths): it must stay empty."""

@@ -11,7 +11,6 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,6 @@ import sweep_helpers as h
 from lth_sweep.sweep.launch import end_processes, process_table
 
 NUM_SAMPLES, ROUNDS = 3, 3
-
-
-@pytest.fixture(scope="module")
-def ray_tmp() -> Iterator[Path]:
-    yield from h.private_ray_tmp()
 
 
 @pytest.mark.slow

@@ -46,11 +46,6 @@ class Nodes(NamedTuple):
     node_of: dict[str, Any]  # node name -> the cluster's Node object
 
 
-@pytest.fixture(scope="module")
-def ray_tmp() -> Iterator[Path]:
-    yield from h.private_ray_tmp()
-
-
 PACKED_ENV = "LTH_SWEEP_TEST_PACKED_NODE_LOSS"  # 1: also packed (~45 s more; left out of CI's ~15 min)
 
 

@@ -5,7 +5,6 @@ Real Ray, Optuna, W&B offline; the 4-trial sweep is the reference sweep that tes
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 RAY_LINE = "Started a local Ray instance"  # Ray's own line, from ray.init in the driver
 NOISE = ("TensorBoard", "Tuner.restore", "token", "Trial status", "╭", "Checkpoint successfully created")
 PROGRESS = re.compile(r"^\[\d+:\d\d\] trial \w+ round (\d+)/(\d+): .*\| \d+ running, (\d+)/(\d+) trials done")
-
-
-@pytest.fixture(scope="module")
-def ray_tmp() -> Iterator[Path]:
-    yield from h.private_ray_tmp()
 
 
 @pytest.fixture(scope="module")

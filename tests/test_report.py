@@ -13,7 +13,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,11 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 ROUNDS = 3
 NUM_SAMPLES = 4
 EXPECTED_FIGURES = {"lottery_ticket.png", "early_stop.png", "objective_vs_params.png", "importance.png"}
-
-
-@pytest.fixture(scope="module")
-def ray_tmp() -> Iterator[Path]:
-    yield from h.private_ray_tmp()
 
 
 class Reported(NamedTuple):

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,11 +24,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 ROUNDS, NUM_SAMPLES = 3, 3
 NAME = "imp-s3"
-
-
-@pytest.fixture(scope="module")
-def ray_tmp() -> Iterator[Path]:
-    yield from h.private_ray_tmp()
 
 
 class Interrupted(NamedTuple):

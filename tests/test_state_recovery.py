@@ -170,11 +170,6 @@ def test_a_state_is_fsynced_before_its_rename_and_the_folder_after(tmp_path: Pat
 # ------------------------------------------------------------------------------------ a real sweep
 
 
-@pytest.fixture(scope="module")
-def ray_tmp() -> Iterator[Path]:
-    yield from h.private_ray_tmp()
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_sweep_recovers_truncated_engine_states(tmp_path: Path, data_root: Path, ray_tmp: Path) -> None:

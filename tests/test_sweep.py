@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ROUNDS = 3
 NUM_SAMPLES = 4
 TOLERANCE = 0.01
-
-
-@pytest.fixture(scope="module")
-def ray_tmp() -> Iterator[Path]:
-    yield from h.private_ray_tmp()
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,6 @@ ROUNDS = 2
 
 
 @pytest.fixture(scope="module")
-def ray_tmp() -> Iterator[Path]:
-    yield from h.private_ray_tmp()
-
-
-@pytest.fixture(scope="module")
 def cluster(ray_tmp: Path) -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 

@@ -6,18 +6,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sweep_helpers as h
 
 NUM_SAMPLES, ROUNDS = 3, 3
-
-
-@pytest.fixture(scope="module")
-def ray_tmp() -> Iterator[Path]:
-    yield from h.private_ray_tmp()
 
 
 @pytest.mark.timeout(400)

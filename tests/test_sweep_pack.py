@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,6 @@ ROUNDS = 3
 NUM_SAMPLES = 4
 ENGINE_KEYS = ("round", "density", "val_acc", "val_loss_min", "early_stop_iter", "test_acc", "test_acc_at_early_stop",
                "train_loss")
-
-
-@pytest.fixture(scope="module")
-def ray_tmp() -> Iterator[Path]:
-    yield from h.private_ray_tmp()
 
 
 def packed_tree(data_root: Path, pack: int, **search: Any) -> dict[str, Any]:

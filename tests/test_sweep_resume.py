@@ -12,7 +12,6 @@ import json
 import os
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,11 +22,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 ROUNDS = 3
 NUM_SAMPLES = 4
-
-
-@pytest.fixture(scope="module")
-def ray_tmp() -> Iterator[Path]:
-    yield from h.private_ray_tmp()
 
 
 class Interrupted(NamedTuple):
