@@ -7,6 +7,8 @@
    the ledger, tickets and the Optuna study all show one trial per config.
 2. ASHA inside a pack (4 configs in one stacked trial): members below a rung's cutoff stop inside the pack, the
    others train all rounds, and Optuna gets every member as COMPLETE with its own values.
+3. Suggestions that cannot train together (a searched batch size) in one Tune trial: split into packs that
+   can, trained one after another.
 A killed and resumed packed sweep is in test_sweep_resume.py.
 """
 
@@ -21,6 +23,7 @@ import optuna
 import pytest
 import sweep_helpers as h
 import torch
+import yaml
 
 from lth_sweep.sweep.optuna_store import JOURNAL_FILE, open_storage
 
@@ -160,6 +163,26 @@ def test_a_config_suggested_twice_in_one_pack_is_trained_once(tmp_path: Path, da
     assert all(row["objective"] == by_hash[row["config_hash"]] for row in rows)
     pairs = Counter((line["config_hash"], line["round"]) for line in h.ledger(sweep.dir))
     assert pairs == Counter({(config, r): 1 for config in by_hash for r in range(ROUNDS)})
+
+
+def test_suggestions_that_cannot_train_together_are_split_inside_the_trial(tmp_path: Path, data_root: Path,
+                                                                         ray_tmp: Path) -> None:
+    """A searched batch size changes the steps per epoch: one Tune trial of four suggestions trains them as
+    packs of equal batch size, one after another, and every config gets all its rounds, each once."""
+    space = {"train.batch_size": {"choice": [50, 100]}, "prune.rate": {"uniform": [0.2, 0.4]}}
+    tree = h.sweep_tree(data_root, epochs=1, rounds=2, num_samples=4, max_concurrent=1, space=space)
+    tree["search"]["pack"] = 4
+    sweep = h.finished(h.launch_sweep(tree, tmp_path, ray_tmp, name="split", timeout=180))
+    rows = h.status_json(sweep.dir, sweep.cwd, sweep.env)["trials"]
+    assert len(tune_trial_dirs(sweep.dir)) == 1 and len(rows) == 4
+    batch_sizes = {row["config_hash"]: row["params"]["train.batch_size"] for row in rows}
+    assert set(batch_sizes.values()) == {50, 100}, batch_sizes  # else nothing here needed a split
+    assert all(row["rounds_done"] == 2 for row in rows), rows
+    pairs = Counter((line["config_hash"], line["round"]) for line in h.ledger(sweep.dir))
+    assert pairs == Counter({(config, r): 1 for config in batch_sizes for r in range(2)})
+    for config, batch_size in batch_sizes.items():  # each trained as its own config
+        saved = yaml.safe_load((sweep.dir / "by_config" / config / "engine" / "config.yaml").read_text())
+        assert saved["train"]["batch_size"] == batch_size
 
 
 @pytest.mark.parametrize("value", ["0", "many"])
