@@ -5,10 +5,12 @@ engine would give them; the figures are drawn by matplotlib for real."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 from typing import Any
 
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from lth_sweep.report import figures as figs
 from lth_sweep.report.data import RoundRow, SweepData, TrialRow
@@ -113,3 +115,26 @@ def test_a_sweep_over_the_rewind_point_plots_instability_against_it(raw_config: 
     assert drawn.png.startswith(b"\x89PNG")
     without_rewind = sweep_data(raw_config, tmp_path, trials, "matching_density")  # prune.rate searched only
     assert "instability_vs_rewind.png" not in [f.name for f in figs.all_figures(without_rewind)]
+
+
+@pytest.mark.parametrize("bounds", [(5e-4, 5e-3), (1e-4, 3e-1), (0.01, 0.03), (1e-6, 1.0)])
+def test_a_log_axis_over_the_searched_range_has_readable_ticks(bounds: tuple[float, float]) -> None:
+    """The objective-against-parameter panel of a loguniform value (as wide as in the report, 3 panels): the x
+    axis spans the searched range, its tick labels are plain numbers, at least two, none overlapping another."""
+    fig, axes = figs.figure(10.2, 3.2, ncols=3)
+    ax = axes[2]
+    low, high = bounds
+    ax.scatter([low * 1.2, (low * high) ** 0.5, high / 1.1], [0.3, 0.2, 0.25])
+    figs.searched_range_axis(ax, bounds, log=True)
+    canvas = FigureCanvasAgg(fig)  # what savefig draws with
+    canvas.draw()
+    left, right = ax.get_xlim()
+    assert left < low and high < right
+    renderer = canvas.get_renderer()
+    labels = [label for label in ax.xaxis.get_ticklabels(minor=False) + ax.xaxis.get_ticklabels(minor=True)
+              if label.get_text() and left <= label.get_position()[0] <= right]
+    assert len(labels) >= 2, [label.get_text() for label in labels]
+    assert all("10^" not in label.get_text() for label in labels)  # matplotlib's own: mathtext powers of ten
+    boxes = sorted((label.get_window_extent(renderer) for label in labels), key=lambda box: box.x0)
+    for before, after in itertools.pairwise(boxes):
+        assert before.x1 < after.x0, [label.get_text() for label in labels]

@@ -86,6 +86,26 @@ def read_band(axes_name: str, band, trial_id: str, label: str) -> Drawn:
                  [float(v) for v in vertices[:, 1]])
 
 
+def searched_range_axis(ax, bounds: tuple[float, float], log: bool) -> None:
+    """x spans the searched range (a little beyond, so points on a bound show whole); a log axis gets
+    plain-number ticks: at 1, 2 and 5 times the powers of ten over a range of a decade or so, at the powers of
+    ten over a wider one (matplotlib's own labels every minor tick of a range under a decade, and they overlap)."""
+    import matplotlib.ticker as mticker
+
+    low, high = (float(b) for b in bounds)
+    if log:
+        ax.set_xscale("log")
+        pad = (high / low) ** 0.04
+        ax.set_xlim(low / pad, high * pad)
+        subs = (1.0, 2.0, 5.0) if math.log10(high / low) < 1.5 else (1.0,)
+        ax.xaxis.set_major_locator(mticker.LogLocator(base=10, subs=subs, numticks=6))
+        ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    else:
+        pad = 0.04 * (high - low) or 0.5
+        ax.set_xlim(low - pad, high + pad)
+
+
 def percent_axis(ax, percents: list[float]) -> None:
     """Log x axis of weights remaining, decreasing left to right, with plain-number ticks."""
     import matplotlib.ticker as mticker
@@ -240,8 +260,7 @@ def objective_vs_params(data: SweepData) -> Figure | None:
                 ax.set_xticks(range(len(dist.choice)), [str(c) for c in dist.choice])
             else:
                 x = [float(t.params[key]) for t in rows]
-                if dist.kind == "loguniform":
-                    ax.set_xscale("log")
+                searched_range_axis(ax, getattr(dist, dist.kind), log=dist.kind == "loguniform")
             y = [float(t.objective) for t in rows]
             finished = [t.state == "TERMINATED" for t in rows]
             ax.scatter([v for v, f in zip(x, finished, strict=True) if f],
