@@ -138,3 +138,19 @@ def test_a_log_axis_over_the_searched_range_has_readable_ticks(bounds: tuple[flo
     boxes = sorted((label.get_window_extent(renderer) for label in labels), key=lambda box: box.x0)
     for before, after in itertools.pairwise(boxes):
         assert before.x1 < after.x0, [label.get_text() for label in labels]
+
+
+@pytest.mark.parametrize("rises", [False, True])
+def test_the_early_stop_caption_says_when_no_round_reached_its_minimum_before_the_end(
+        raw_config: dict[str, Any], tmp_path: Path, rises: bool) -> None:
+    """Rounds too short to overfit put every early stop at the round's last evaluation: the caption says so, and
+    says nothing of the kind once one round's validation loss rose after its minimum."""
+    def rounds(losses: list[tuple[float, float]]) -> list[dict[str, Any]]:
+        return [{**record(k, 0.8 ** k, 0.9, None), "val_loss": last, "val_loss_min": lowest}
+                for k, (last, lowest) in enumerate(losses)]
+
+    trials = [trial("a", 0.2, rounds([(0.50, 0.50), (0.45, 0.45)])),
+              trial("b", 0.5, rounds([(0.60, 0.60), (0.58, 0.52) if rises else (0.52, 0.52)]))]
+    data = sweep_data(raw_config, tmp_path, trials, "matching_density")
+    caption = next(f for f in figs.all_figures(data) if f.name == "early_stop.png").caption
+    assert ("lowest at its last evaluation" in caption) is not rises

@@ -227,12 +227,24 @@ def early_stop(data: SweepData) -> Figure | None:
         ax.set_ylabel("Early-stop iteration")
         ax.set_title("Iteration of minimum validation loss")
         legend(fig, ax, data)
-        return Figure("early_stop.png", "Early-stop iteration", "The iteration of minimum validation loss in each "
-                      "round (measured every train.eval_every iterations). Frankle & Carbin found winning tickets "
-                      "reach it earlier than the dense network and random controls later.", to_png(fig), drawn,
-                      inches(fig))
+        caption = ("The iteration of minimum validation loss in each round (measured every train.eval_every "
+                   "iterations). Frankle & Carbin found winning tickets reach it earlier than the dense network and "
+                   "random controls later.")
+        if lowest_at_the_end(data):
+            caption += (" In this sweep every round's validation loss was lowest at its last evaluation: the "
+                        "rounds end before it rises, so this iteration is the round's length and tells the tickets "
+                        "apart only with longer rounds (train.epochs or train.iterations).")
+        return Figure("early_stop.png", "Early-stop iteration", caption, to_png(fig), drawn, inches(fig))
 
     return styled(draw)
+
+
+def lowest_at_the_end(data: SweepData) -> bool:
+    """Whether every round that has both values ended at its minimum validation loss (`val_loss` is the last
+    evaluation's, `val_loss_min` the lowest of the round's)."""
+    pairs = [(r["val_loss"], r["val_loss_min"]) for t in data.with_rounds for r in t.records
+             if is_number(r.get("val_loss")) and is_number(r.get("val_loss_min"))]
+    return bool(pairs) and all(last <= lowest for last, lowest in pairs)
 
 
 def objective_label(data: SweepData) -> str:
