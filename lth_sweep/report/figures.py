@@ -86,6 +86,15 @@ def read_band(axes_name: str, band, trial_id: str, label: str) -> Drawn:
                  [float(v) for v in vertices[:, 1]])
 
 
+def plain_number_ticks(axis, locator) -> None:
+    """A log axis labelled at `locator`'s ticks only, as plain numbers (0.002, 50), not as powers of ten."""
+    import matplotlib.ticker as mticker
+
+    axis.set_major_locator(locator)
+    axis.set_major_formatter(mticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(mticker.NullFormatter())
+
+
 def searched_range_axis(ax, bounds: tuple[float, float], log: bool) -> None:
     """x spans the searched range (a little beyond, so points on a bound show whole); a log axis gets
     plain-number ticks: at 1, 2 and 5 times the powers of ten over a range of a decade or so, at the powers of
@@ -98,9 +107,7 @@ def searched_range_axis(ax, bounds: tuple[float, float], log: bool) -> None:
         pad = (high / low) ** 0.04
         ax.set_xlim(low / pad, high * pad)
         subs = (1.0, 2.0, 5.0) if math.log10(high / low) < 1.5 else (1.0,)
-        ax.xaxis.set_major_locator(mticker.LogLocator(base=10, subs=subs, numticks=6))
-        ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+        plain_number_ticks(ax.xaxis, mticker.LogLocator(base=10, subs=subs, numticks=6))
     else:
         pad = 0.04 * (high - low) or 0.5
         ax.set_xlim(low - pad, high + pad)
@@ -114,9 +121,7 @@ def percent_axis(ax, percents: list[float]) -> None:
     low, high = min(percents), max(percents)
     ax.set_xlim(high * 1.15, low / 1.15)
     ticks = [t for t in PERCENT_TICKS if low / 1.15 <= t <= high * 1.15]
-    ax.xaxis.set_major_locator(mticker.FixedLocator(ticks))
-    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    plain_number_ticks(ax.xaxis, mticker.FixedLocator(ticks))
     ax.set_xlabel("Percent of weights remaining")
 
 
