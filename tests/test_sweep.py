@@ -245,3 +245,20 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint(tmp_path: Path, data
     rounds = sorted(item["round"] for item in h.history_items(records_wandb) if "val_acc" in item)
     assert rounds == [0, 1, 2]
     assert not math.isnan(row["objective"])
+
+
+def test_a_searched_round_count_is_each_trials_own(tmp_path: Path, data_root: Path, ray_tmp: Path) -> None:
+    """`prune.rounds` searched around the experiment's 3: each trial trains its own number of rounds (ASHA's
+    last rung is the top of the range, not the experiment's count), the progress lines count each trial's own,
+    and every trial that trained all its rounds is among the best."""
+    tree = h.sweep_tree(data_root, epochs=1, rounds=3, num_samples=4, max_concurrent=2,
+                        space={"prune.rounds": {"choice": [2, 4]}, "prune.rate": {"uniform": [0.2, 0.5]}})
+    tree["scheduler"] = {"name": "asha", "grace_rounds": 4, "reduction_factor": 2}  # one rung: the last round
+    sweep = h.finished(h.launch_sweep(tree, tmp_path, ray_tmp, name="rounds", timeout=180))
+    rows = h.status_json(sweep.dir, sweep.cwd, sweep.env)
+    chosen = {row["trial_id"]: row["params"]["prune.rounds"] for row in rows["trials"]}
+    assert set(chosen.values()) == {2, 4}, chosen  # else this sweep tests nothing
+    assert {row["trial_id"]: row["rounds_done"] for row in rows["trials"]} == chosen
+    assert sorted(row["trial_id"] for row in rows["best"]) == sorted(chosen)
+    for trial_id, rounds in chosen.items():
+        assert f"trial {trial_id} round {rounds}/{rounds}: " in sweep.launch.stdout, sweep.launch.explain()

@@ -80,7 +80,7 @@ def build_tuner(spec: LaunchSpec, on_cluster: bool, callbacks: list[Any] | None 
     store = None if location is None else StudyStore(location, spec.name, modes)
     space = {key: dist.to_tune() for key, dist in sweep.search.space.items()}
     pack = packed(spec)
-    max_rounds = spec.rounds()
+    max_rounds = spec.max_rounds()  # a trial with fewer rounds ends there itself
     scheduler = FIFOScheduler()
     if sweep.scheduler.name == "asha" and pack == 1:  # a pack's members get ASHA inside it (MemberRungs)
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_rounds,
@@ -128,7 +128,7 @@ def start_member_asha(spec: LaunchSpec) -> Any:
     from lth_sweep.sweep.packing import ACTOR_NAMESPACE, asha_actor_name, member_asha_actor
 
     _, modes = objective_metrics(spec.sweep.objective)
-    scheduler, rounds = spec.sweep.scheduler, spec.rounds()
+    scheduler, rounds = spec.sweep.scheduler, spec.max_rounds()
     return member_asha_actor().options(name=asha_actor_name(spec.name), namespace=ACTOR_NAMESPACE).remote(
         rounds, min(scheduler.grace_rounds, rounds), scheduler.reduction_factor, modes[0])
 
@@ -398,8 +398,7 @@ def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool
 
             set_trial_actor_runtime_env(address)
             skip_callback_usage_tag()
-            progress = Progress(terminal, spec.sweep.search.num_samples, spec.rounds(),
-                                metrics[0] if single else None, modes[0] if single else None)
+            progress = Progress(terminal, spec, metrics[0] if single else None, modes[0] if single else None)
             if warning:
                 terminal.line(f"lth-sweep: warning: {warning}")
             member_asha = start_member_asha(spec)  # noqa: F841 - held until the sweep ends

@@ -9,6 +9,7 @@ from typing import Any
 from ray.tune import Callback
 
 from lth_sweep.sweep.packing import members_of
+from lth_sweep.sweep.spec import LaunchSpec
 from lth_sweep.sweep.terminal import Terminal
 
 
@@ -19,10 +20,10 @@ def format_value(value: Any) -> str:
 class Progress(Callback):
     """Tune callback: a line per round a trial reports, a line per trial that fails."""
 
-    def __init__(self, terminal: Terminal | None, num_samples: int, rounds: int, metric: str | None,
-                 mode: str | None) -> None:
+    def __init__(self, terminal: Terminal | None, spec: LaunchSpec, metric: str | None, mode: str | None) -> None:
         self.terminal = terminal
-        self.num_samples, self.rounds = num_samples, rounds
+        self.spec = spec  # each config's own number of rounds (`prune.rounds` may be searched)
+        self.num_samples = spec.sweep.search.num_samples
         self.metric, self.mode = metric, mode  # None for a multi-objective sweep: no single "best"
         self.started = time.monotonic()
         self.seen: dict[str, int] = {}  # rounds done per config already printed
@@ -38,7 +39,7 @@ class Progress(Callback):
 
     def overview(self, trials: list[Any], latest: tuple[Any, dict[str, Any]] | None = None) -> str:
         """'2 running, 3/8 trials done, 19/40 rounds, best 0.1983' over every config Tune knows (a pack's
-        members each count as a trial)."""
+        members each count as a trial); when `prune.rounds` is searched, the rounds have no total."""
         results = {trial.trial_id: trial.last_result or {} for trial in trials}
         if latest is not None:
             results[latest[0].trial_id] = latest[1]
@@ -48,16 +49,18 @@ class Progress(Callback):
             for member in members_of(trial.trial_id, trial.config, results[trial.trial_id]):
                 rounds_done = int(member.result.get("rounds_done") or 0)
                 rounds += rounds_done
-                if trial.status == "TERMINATED" or rounds_done >= self.rounds or member.result.get("stopped"):
+                all_rounds = rounds_done >= self.spec.rounds_of(member.params)
+                if trial.status == "TERMINATED" or all_rounds or member.result.get("stopped"):
                     done += 1
                     value = member.result.get(self.metric) if self.metric else None
-                    if rounds_done >= self.rounds and isinstance(value, int | float):
+                    if all_rounds and isinstance(value, int | float):
                         finished.append(value)
                 elif trial.status == "RUNNING":
                     running += 1
                 failed += trial.status == "ERROR"
+        of_all = "" if self.spec.searched_rounds() else f"/{self.num_samples * self.spec.rounds()}"
         text = (f"{running} running, {done}/{self.num_samples} trials done"
-                f"{f', {failed} failed' if failed else ''}, {rounds}/{self.num_samples * self.rounds} rounds")
+                f"{f', {failed} failed' if failed else ''}, {rounds}{of_all} rounds")
         if self.metric is not None and finished:
             text += f", best {format_value(min(finished) if self.mode == 'min' else max(finished))}"
         return text
@@ -75,7 +78,8 @@ class Progress(Callback):
                                                                                         "objective")
                                if key in member.result)
             stopped = " (stopped by ASHA)" if member.result.get("stopped") else ""
-            self.say(f"trial {member.member_id} round {rounds_done}/{self.rounds}: {values}{stopped} | "
+            self.say(f"trial {member.member_id} round {rounds_done}/{self.spec.rounds_of(member.params)}: "
+                     f"{values}{stopped} | "
                      f"{self.overview(trials, (trial, result))}")
         if result.get("notice"):
             self.say(f"trial {trial.trial_id} ({result.get('config_hash', 'pack')}): warning: {result['notice']}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from lth_sweep import storage
 from lth_sweep.config import ExperimentConfig, build_experiment
@@ -13,6 +13,7 @@ from lth_sweep.errors import UserError
 from lth_sweep.sweep.schema import SweepConfig
 
 SPEC_FILE = "sweep.json"
+ROUNDS_KEY = "prune.rounds"
 
 
 class LaunchSpec(BaseModel):
@@ -24,6 +25,7 @@ class LaunchSpec(BaseModel):
     experiment: dict[str, Any]  # the experiment's keys before the searched values are applied
     experiment_dir: str  # an absolute folder or a URI
     wandb_mode: Literal["online", "offline", "disabled"]
+    _rounds: int | None = PrivateAttr(default=None)  # rounds(), built once
 
     @property
     def name(self) -> str:
@@ -35,7 +37,24 @@ class LaunchSpec(BaseModel):
         return build_experiment(self.experiment, {**params, "runtime.threads": threads})
 
     def rounds(self) -> int:
-        return build_experiment(self.experiment).prune.rounds
+        """IMP rounds of a trial whose searched values leave `prune.rounds` as the experiment sets it."""
+        if self._rounds is None:
+            self._rounds = build_experiment(self.experiment).prune.rounds
+        return self._rounds
+
+    def rounds_of(self, params: dict[str, Any]) -> int:
+        """IMP rounds of the trial with these searched values (`prune.rounds` may be one of them)."""
+        searched = params.get(ROUNDS_KEY)
+        return int(searched) if isinstance(searched, int | float) else self.rounds()
+
+    def searched_rounds(self) -> bool:
+        return ROUNDS_KEY in self.sweep.search.space
+
+    def max_rounds(self) -> int:
+        """The most rounds any trial of the sweep can have (the top of a searched `prune.rounds`)."""
+        if not self.searched_rounds():
+            return self.rounds()
+        return max(int(v) for v in self.sweep.search.space[ROUNDS_KEY].extremes())
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=1, by_alias=True)

@@ -69,8 +69,8 @@ def sweep_status(path: str, top: int = 5) -> dict[str, Any]:
         "counts": {state: sum(r["state"] == state for r in rows) for state in sorted({r["state"] for r in rows})},
     }
     if len(metrics) == 1:
-        rounds = spec.rounds()  # only trials that finished all rounds: a running value is not a result yet
-        scored = [r for r in rows if r["rounds_done"] >= rounds
+        # only trials that finished all their rounds: a running value is not a result yet
+        scored = [r for r in rows if r["rounds_done"] >= spec.rounds_of(r["params"])
                   and isinstance(r["objective"], int | float) and not math.isnan(r["objective"])]
         scored.sort(key=lambda r: r["objective"], reverse=modes[0] == "max")
         status["best"] = scored[:top]
