@@ -65,6 +65,11 @@ BAD = {
                                 ("loguniform",)),
     "loguniform_low_negative": Case(space(train__lr={"loguniform": [-0.1, 0.01]}), "search.space.train.lr",
                                     ("loguniform",)),
+    # whole-number bounds pass as integers; the draws between them would not, and every trial would fail
+    "uniform_over_an_integer_key": Case(space(rewind__iteration={"uniform": [0, 50]}),
+                                        "search.space.rewind.iteration", ("uniform", "int: [0, 50]")),
+    "loguniform_over_an_integer_key": Case(space(train__batch_size={"loguniform": [10, 100]}),
+                                           "search.space.train.batch_size", ("loguniform", "int: [10, 100]")),
     "rewind_past_end_of_training": Case(space(rewind__iteration={"int": [0, TINY_TOTAL]}),
                                         "search.space.rewind.iteration", (str(TINY_TOTAL),)),
     # The key is reported as "sweep"; the message itself names the scheduler and the objective.

@@ -201,6 +201,7 @@ def check_space(experiment: dict[str, Any], space: dict[str, Distribution]) -> E
                 build_experiment(experiment, {key: value})
             except UserError as err:
                 raise UserError(f"search.space.{key}", f"value {value!r} is not allowed: {err.message}") from None
+        check_fractional_draws(experiment, key, dist)
     extremes = {key: dist.extremes() for key, dist in space.items()}
     if math.prod(len(v) for v in extremes.values()) <= MAX_CORNERS:
         corners = itertools.product(*extremes.values())
@@ -216,6 +217,21 @@ def check_space(experiment: dict[str, Any], space: dict[str, Distribution]) -> E
             raise UserError(f"search.space.{key}", f"the space allows {together}, which is not a valid "
                                                    f"experiment: {err.message}") from None
     return base
+
+
+def check_fractional_draws(experiment: dict[str, Any], key: str, dist: Distribution) -> None:
+    """A continuous distribution draws between its bounds: whole-number bounds of an integer key pass, the
+    draws would not (every trial would fail), so a value with a fraction is tried too."""
+    if dist.kind not in ("uniform", "loguniform"):
+        return
+    low, high = getattr(dist, dist.kind)
+    inside = low + 0.5 if low + 0.5 < high else (low + high) / 2
+    try:
+        build_experiment(experiment, {key: inside})
+    except UserError as err:
+        hint = f"; for a whole-number key use int: [{low:g}, {high:g}]" if low == int(low) and high == int(high) else ""
+        raise UserError(f"search.space.{key}", f"{dist.kind} draws values such as {inside:g}, which is not allowed: "
+                                               f"{err.message}{hint}") from None
 
 
 def relative_to_file(location: str, base_dir: Path) -> str:
