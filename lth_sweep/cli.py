@@ -191,7 +191,8 @@ def print_status(status: dict[str, Any]) -> None:
          f"{len(status['trials'])}/{status['num_samples']} trials "
          + ", ".join(f"{n} {state.lower()}" for state, n in status["counts"].items()))
     params = sorted({k for row in status["trials"] for k in row["params"]})
-    columns = ["trial_id", "state", *params, "rounds_done", "density", "val_acc", "objective"]
+    single = len(status["metric"]) == 1  # a Pareto sweep's objective is (density, val_acc): no column of its own
+    columns = ["trial_id", "state", *params, "rounds_done", "density", "val_acc", *(["objective"] if single else [])]
     table = [[format_value(row["params"].get(c) if c in params else row.get(c)) for c in columns]
              for row in status["trials"]]
     widths = [max(len(c), *(len(r[i]) for r in table)) if table else len(c) for i, c in enumerate(columns)]

@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from lth_sweep.report import figures as figs
 from lth_sweep.report.data import RoundRow, SweepData, TrialRow
-from lth_sweep.report.page import render
+from lth_sweep.report.page import TopTrial, render
 from lth_sweep.sweep.objectives import pareto_front
 from lth_sweep.sweep.schema import Distribution, SweepConfig
 from lth_sweep.sweep.spec import LaunchSpec
@@ -28,9 +28,11 @@ def record(round_index: int, density: float, val_acc: float, instability: float 
     return out
 
 
-def sweep_data(raw: dict[str, Any], tmp_path: Path, trials: list[TrialRow], objective: str) -> SweepData:
+def sweep_data(raw: dict[str, Any], tmp_path: Path, trials: list[TrialRow], objective: str,
+               space: dict[str, Any] | None = None) -> SweepData:
+    space = {"prune.rate": {"uniform": [0.2, 0.5]}, **(space or {})}
     sweep = SweepConfig.model_validate({"name": "mo", "objective": {"name": objective}, "search": {
-        "space": {"prune.rate": {"uniform": [0.2, 0.5]}}, "sampler": "nsga2" if objective == "pareto" else "tpe"}})
+        "space": space, "sampler": "nsga2" if objective == "pareto" else "tpe"}})
     spec = LaunchSpec(sweep=sweep, experiment=raw, experiment_dir=str(tmp_path), wandb_mode="disabled")
     points = [{"trial_id": t.trial_id, "round": r.round, "density": r.density, "val_acc": r.val_acc.ticket,
                "test_acc": r.test_acc} for t in trials for r in t.rounds]
@@ -154,3 +156,47 @@ def test_the_early_stop_caption_says_when_no_round_reached_its_minimum_before_th
     data = sweep_data(raw_config, tmp_path, trials, "matching_density")
     caption = next(f for f in figs.all_figures(data) if f.name == "early_stop.png").caption
     assert ("lowest at its last evaluation" in caption) is not rises
+
+
+def test_a_pareto_sweep_names_its_red_trial_and_has_no_objective_column(pareto_sweep: SweepData) -> None:
+    """A Pareto sweep has no single best (the red trial is the sparsest on the front) and no scalar objective
+    (the trials' `objective` is their last val_acc, already a column)."""
+    figure = figs.lottery_ticket(pareto_sweep)
+    labels = {d.label for d in figure.series if d.kind == "ticket"}
+    assert f"{pareto_sweep.best[0].trial_id} (sparsest on the front)" in labels
+    assert "sparsest trial on the Pareto front in red" in figure.caption and "best" not in figure.caption
+    top = [TopTrial(1, pareto_sweep.best[0], "e.yaml", "lth-sweep ticket export", "lth-sweep run")]
+    page = render(pareto_sweep, [], top, "rounds.csv")
+    assert "id='top-trials'" in page and "<th>val_acc</th>" in page and "<th>objective</th>" not in page
+
+
+@pytest.mark.parametrize("searched", [False, True], ids=["fixed", "searched"])
+def test_the_legend_and_caption_name_the_controls_and_replicates_the_trials_train(
+        searched: bool, raw_config: dict[str, Any], tmp_path: Path) -> None:
+    """With `control` and `replicates` searched, the experiment's own values (none, 1) say nothing of the
+    trials: the legend and captions name the controls they drew and their range of replicates."""
+    def rows(control: str, replicates: int) -> list[dict[str, Any]]:
+        out = [record(0, 1.0, 0.9, None), record(1, 0.8, 0.88, None)]
+        if replicates > 1:
+            for r in out:
+                r.update(val_acc_std=0.01, test_acc_at_early_stop_std=0.01)
+        if control != "none":
+            out[1].update(control_val_acc=0.8, control_test_acc_at_early_stop=0.79, control=control)
+        return out
+
+    if searched:
+        draws = [("none", 1), ("reinit", 2), ("random_mask", 3)]
+        space = {"control": {"choice": ["none", "reinit", "random_mask"]}, "replicates": {"int": [1, 3]}}
+    else:
+        raw_config.update(control="reinit", replicates=2)
+        draws, space = [("reinit", 2)] * 3, {}
+    trials = [dataclasses.replace(trial(f"t{k}", 0.3, rows(*draw)), params={"prune.rate": 0.3, "control": draw[0],
+                                                                          "replicates": draw[1]})
+              for k, draw in enumerate(draws)]
+    figure = figs.lottery_ticket(sweep_data(raw_config, tmp_path, trials, "matching_density", space))
+    if searched:
+        assert "a trial's control (reinit or random_mask; control is searched)" in figure.caption
+        assert "±1 std over 1–3 replicates" in figure.caption
+    else:
+        assert "its reinit control dashed beside each ticket" in figure.caption
+        assert "±1 std over 2 replicates" in figure.caption

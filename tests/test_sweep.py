@@ -206,6 +206,12 @@ def test_pareto_sweep_with_nsga2(tmp_path: Path, data_root: Path, ray_tmp: Path)
     assert status["metric"] == ["density", "val_acc"] and status["mode"] == ["min", "max"]
     assert [row["state"] for row in status["trials"]] == ["TERMINATED"] * 3
     assert all(row["rounds_done"] == 2 for row in status["trials"])
+    # no scalar objective to show: the progress lines and the status table give density and val_acc only
+    rounds = [line for line in finished.launch.stdout.splitlines() if " round " in line]
+    assert len(rounds) == 3 * 2 and all("val_acc" in line and "objective" not in line for line in rounds), rounds
+    human = h.run_cli("status", finished.dir, cwd=finished.cwd, env=finished.env)
+    header = next(line for line in human.stdout.splitlines() if line.lstrip().startswith("trial_id"))
+    assert header.split()[-2:] == ["density", "val_acc"], human.explain()
     front = status["pareto"]
     assert front, status
     points = [(r["density"], r["val_acc"]) for row in status["trials"]

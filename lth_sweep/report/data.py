@@ -95,14 +95,34 @@ class SweepData:
     def single_objective(self) -> bool:
         return len(self.metrics) == 1
 
+    def values_of(self, key: str, fixed: Any) -> list[Any]:
+        """The values the trials have for an experiment key: the fixed one, or, when the key is searched,
+        each value some trial drew (in the order of the trials)."""
+        if key not in self.space:
+            return [fixed]
+        return list(dict.fromkeys(t.params.get(key, fixed) for t in self.trials)) or [fixed]
+
     @property
     def control(self) -> str | None:
-        control = self.spec.trial_config({}).control
-        return None if control == "none" else control
+        """The control trained beside the tickets ('reinit or random_mask' when `control` is searched), or None."""
+        controls = [c for c in self.values_of("control", self.spec.trial_config({}).control) if c != "none"]
+        return " or ".join(controls) or None
+
+    @property
+    def control_searched(self) -> bool:
+        return "control" in self.space
 
     @property
     def replicates(self) -> int:
-        return self.spec.trial_config({}).replicates
+        """Replicates per trial: the most any trial trains, when `replicates` is searched."""
+        return max(int(r) for r in self.values_of("replicates", self.spec.trial_config({}).replicates))
+
+    @property
+    def replicates_text(self) -> str:
+        """'3', or '1–3' when the trials train different numbers of replicates."""
+        counts = [int(r) for r in self.values_of("replicates", self.spec.trial_config({}).replicates)]
+        low, high = min(counts), max(counts)
+        return str(high) if low == high else f"{low}–{high}"
 
     @property
     def with_rounds(self) -> list[TrialRow]:

@@ -125,6 +125,14 @@ def percent_axis(ax, percents: list[float]) -> None:
     ax.set_xlabel("Percent of weights remaining")
 
 
+def best_words(data: SweepData) -> tuple[str, str]:
+    """What the red trial is, as a legend label and in a caption: the best by the objective, or (Pareto: no
+    single best) the sparsest trial on the front."""
+    if data.single_objective:
+        return "best", "the best trial"
+    return "sparsest on the front", "the sparsest trial on the Pareto front"
+
+
 def trial_styles(data: SweepData, trials: list[TrialRow]) -> dict[str, dict]:
     """Line style per trial: the best trial thick and red on top, others coloured (or grey when many)."""
     best_id = data.best[0].trial_id if data.best else None
@@ -132,7 +140,7 @@ def trial_styles(data: SweepData, trials: list[TrialRow]) -> dict[str, dict]:
     for trial in trials:
         if trial.trial_id == best_id:
             styles[trial.trial_id] = {"color": BEST_COLOR, "linewidth": 2.2, "zorder": 5, "alpha": 1.0,
-                                      "label": f"{trial.trial_id} (best)", "extras": True}
+                                      "label": f"{trial.trial_id} ({best_words(data)[0]})", "extras": True}
             continue
         many = len(trials) > MAX_COLORED_TRIALS + 1
         color = "#9a9a9a" if many else TRIAL_COLORS[index % len(TRIAL_COLORS)]
@@ -191,8 +199,16 @@ def legend(fig, ax, data: SweepData) -> None:
         from matplotlib.patches import Patch
 
         handles.append(Patch(color="#444444", alpha=0.15, linewidth=0))
-        labels.append(f"±1 std over {data.replicates} replicates")
+        labels.append(f"±1 std over {data.replicates_text} replicates")
     fig.legend(handles, labels, loc="outside right upper", frameon=False)
+
+
+def control_caption(data: SweepData) -> str:
+    if not data.control:
+        return ""
+    if data.control_searched:
+        return f"; a trial's control ({data.control}; control is searched) dashed beside its ticket"
+    return f"; its {data.control} control dashed beside each ticket"
 
 
 def lottery_ticket(data: SweepData) -> Figure | None:
@@ -211,10 +227,9 @@ def lottery_ticket(data: SweepData) -> Figure | None:
         right.set_title("Validation accuracy at the end of each round")
         legend(fig, left, data)
         return Figure("lottery_ticket.png", "Accuracy against sparsity",
-                      "One line per trial (one IMP run, each round a point); the best trial in red; the dotted line "
-                      "is its dense network" + (f"; its {data.control} control dashed beside each ticket"
-                                                if data.control else "")
-                      + (f"; bands are ±1 std over {data.replicates} replicates" if data.replicates > 1 else "")
+                      f"One line per trial (one IMP run, each round a point); {best_words(data)[1]} in red; "
+                      "the dotted line is its dense network" + control_caption(data)
+                      + (f"; bands are ±1 std over {data.replicates_text} replicates" if data.replicates > 1 else "")
                       + ".", to_png(fig), drawn, inches(fig))
 
     return styled(draw)

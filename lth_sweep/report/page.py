@@ -69,9 +69,9 @@ def progress(data: SweepData) -> str:
              ("objective", f"{html.escape(data.objective)} "
                            f"({', '.join(f'{m} {o}' for m, o in zip(data.metrics, data.modes, strict=True))})")]
     if data.control:
-        items.append(("control", html.escape(data.control)))
+        items.append(("control", html.escape(data.control + (" (searched)" if data.control_searched else ""))))
     if data.replicates > 1:
-        items.append(("replicates", f"{data.replicates} seeds per trial (values are means; bands ±1 std)"))
+        items.append(("replicates", f"{data.replicates_text} seeds per trial (values are means; bands ±1 std)"))
     dashboard = dashboard_command(data.spec)
     if dashboard:
         items.append(("Optuna study", f"<code>{html.escape(dashboard)}</code>"))
@@ -82,16 +82,17 @@ def top_table(data: SweepData, top: list[TopTrial]) -> str:
     if not top:
         return "<p>No trial has finished a round yet.</p>"
     keys = list(data.space)
+    single = data.single_objective  # a Pareto sweep's objective is (density, val_acc): no column of its own
     head = ("<tr><th>#</th><th class='text'>trial</th>" + "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-            + "<th>objective</th><th>density reached</th><th class='text'>take its ticket out</th>"
-              "<th class='text'>rerun it alone</th></tr>")
+            + ("<th>objective</th>" if single else "") + "<th>density reached</th>"
+              "<th class='text'>take its ticket out</th><th class='text'>rerun it alone</th></tr>")
     rows = []
     for row in top:
         t = row.trial
         rows.append(f"<tr class='{'best' if row.rank == 1 else ''}'><td>{row.rank}</td>"
                     f"<td class='text'>{html.escape(t.trial_id)}</td>"
                     + "".join(f"<td>{cell(t.params.get(k))}</td>" for k in keys)
-                    + f"<td>{cell(t.objective)}</td><td>{percent(t.density_reached)}</td>"
+                    + (f"<td>{cell(t.objective)}</td>" if single else "") + f"<td>{percent(t.density_reached)}</td>"
                       f"<td class='text'><code>{html.escape(row.ticket_command)}</code></td>"
                       f"<td class='text'><code>{html.escape(row.rerun_command)}</code></td></tr>")
     return f"<table id='top-trials'>{head}{''.join(rows)}</table>"
@@ -99,10 +100,11 @@ def top_table(data: SweepData, top: list[TopTrial]) -> str:
 
 def trials_table(data: SweepData) -> str:
     keys = list(data.space)
+    single = data.single_objective
     head = ("<tr><th class='text'>trial</th><th class='text'>state</th>"
             + "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-            + "<th>rounds</th><th>density</th><th>val_acc</th><th>test_acc at early stop</th><th>objective</th>"
-              "<th class='text'>config</th></tr>")
+            + "<th>rounds</th><th>density</th><th>val_acc</th><th>test_acc at early stop</th>"
+            + ("<th>objective</th>" if single else "") + "<th class='text'>config</th></tr>")
     rows = []
     for t in data.trials:
         last = t.rounds[-1] if t.rounds else None
@@ -111,8 +113,8 @@ def trials_table(data: SweepData) -> str:
                     + f"<td>{len(t.rounds)}</td><td>{percent(t.density_reached)}</td>"
                       f"<td>{cell(last.val_acc.ticket if last else None)}</td>"
                       f"<td>{cell(last.test_acc_at_early_stop.ticket if last else None)}</td>"
-                      f"<td>{cell(t.objective if is_number(t.objective) else None)}</td>"
-                      f"<td class='text'><code>{cell(t.config_hash)}</code></td></tr>")
+                    + (f"<td>{cell(t.objective if is_number(t.objective) else None)}</td>" if single else "")
+                    + f"<td class='text'><code>{cell(t.config_hash)}</code></td></tr>")
     return f"<table id='trials'>{head}{''.join(rows)}</table>"
 
 

@@ -74,9 +74,8 @@ class Progress(Callback):
             if rounds_done is None or self.seen.get(member.member_id) == rounds_done:
                 continue  # a pack reports every member; print the ones that finished a round
             self.seen[member.member_id] = rounds_done
-            values = ", ".join(f"{key} {format_value(member.result[key])}" for key in ("density", "val_acc",
-                                                                                        "objective")
-                               if key in member.result)
+            shown = ("density", "val_acc", "objective") if self.metric else ("density", "val_acc")  # Pareto: both
+            values = ", ".join(f"{key} {format_value(member.result[key])}" for key in shown if key in member.result)
             stopped = " (stopped by ASHA)" if member.result.get("stopped") else ""
             self.say(f"trial {member.member_id} round {rounds_done}/{self.spec.rounds_of(member.params)}: "
                      f"{values}{stopped} | "
