@@ -57,6 +57,19 @@ def test_matching_density_never_increases_as_rounds_come_in() -> None:
     assert running == [1.0, 0.8, 0.64, 0.512, 0.512]
 
 
+@pytest.mark.parametrize("name", ["matching_density", "stable_matching_density"])
+def test_a_trial_whose_dense_network_did_not_learn_scores_1(name: str) -> None:
+    """At chance (10 classes) every pruned round 'matches' the dense one; without the guard the sparsest of
+    them would be the sweep's best config. Just above the bound the trial is judged as usual."""
+    at_chance = [{**r, "instability": 0.0} for r in rounds((1.0, 0.10), (0.5, 0.10), (0.25, 0.095))]
+    learned = [{**r, "instability": 0.0} for r in rounds((1.0, 0.16), (0.5, 0.16), (0.25, 0.155))]
+    objective = ObjectiveConfig(name=name)
+    assert objective.min_dense_val_acc == 0.15
+    assert objective_value(at_chance, objective) == 1.0
+    assert objective_value(learned, objective) == 0.25
+    assert objective_value(at_chance, ObjectiveConfig(name=name, min_dense_val_acc=0.0)) == 0.25  # guard off
+
+
 # ------------------------------------------------------------------------------------ val_acc_at_density
 
 

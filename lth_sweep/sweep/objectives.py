@@ -21,15 +21,27 @@ def best_by_validation(records: list[dict[str, Any]]) -> dict[str, float]:
     return {f"best_by_val_{key}": best[key] for key in BEST_BY_VAL_KEYS}
 
 
-def matching_density(records: list[dict[str, Any]], tolerance: float) -> float:
-    """Smallest density whose val_acc is within `tolerance` of the same trial's dense val_acc."""
+def dense_did_not_learn(records: list[dict[str, Any]], min_dense_val_acc: float) -> bool:
+    """The dense round is below `min_dense_val_acc`: every sparser round at chance would 'match' it."""
+    return records[0]["val_acc"] < min_dense_val_acc
+
+
+def matching_density(records: list[dict[str, Any]], tolerance: float, min_dense_val_acc: float = 0.0) -> float:
+    """Smallest density whose val_acc is within `tolerance` of the same trial's dense val_acc; 1.0 (no sparsity
+    gained) when the dense network did not learn."""
+    if dense_did_not_learn(records, min_dense_val_acc):
+        return 1.0
     dense = records[0]["val_acc"]
     return min(r["density"] for r in records if r["val_acc"] >= dense - tolerance)
 
 
-def stable_matching_density(records: list[dict[str, Any]], tolerance: float, bound: float) -> float:
+def stable_matching_density(records: list[dict[str, Any]], tolerance: float, bound: float,
+                            min_dense_val_acc: float = 0.0) -> float:
     """Smallest density that matches (val_acc within `tolerance` of dense) and is stable (instability <=
-    `bound`); 1.0 (the dense network, no sparsity gained) while no round qualifies."""
+    `bound`); 1.0 (the dense network, no sparsity gained) while no round qualifies or when the dense network
+    did not learn."""
+    if dense_did_not_learn(records, min_dense_val_acc):
+        return 1.0
     dense = records[0]["val_acc"]
     return min((r["density"] for r in records if r["val_acc"] >= dense - tolerance and
                 r.get("instability", math.inf) <= bound), default=1.0)
@@ -53,9 +65,10 @@ def val_acc_at_density(records: list[dict[str, Any]], target: float, final: bool
 def objective_value(records: list[dict[str, Any]], objective: ObjectiveConfig, final: bool = False) -> float:
     """The running value of a single objective after the rounds in `records`."""
     if objective.name == "matching_density":
-        return matching_density(records, objective.tolerance)
+        return matching_density(records, objective.tolerance, objective.min_dense_val_acc)
     if objective.name == "stable_matching_density":
-        return stable_matching_density(records, objective.tolerance, objective.instability_bound)
+        return stable_matching_density(records, objective.tolerance, objective.instability_bound,
+                                       objective.min_dense_val_acc)
     if objective.name == "best_val_acc":
         return max(r["val_acc"] for r in records)
     if objective.name == "val_acc_at_density":

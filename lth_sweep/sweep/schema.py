@@ -92,6 +92,10 @@ class ObjectiveConfig(Section):
     name: Literal["matching_density", "stable_matching_density", "best_val_acc", "val_acc_at_density",
                   "pareto"] = "matching_density"
     tolerance: float = Field(default=0.01, ge=0, lt=1, description="matching: val_acc >= dense val_acc - tolerance")
+    min_dense_val_acc: float = Field(
+        default=0.15, ge=0, lt=1,
+        description="matching objectives: a trial whose dense val_acc is below this did not learn (chance is 0.1 "
+                    "on the ten-class datasets), so every round would match it; it scores 1.0")
     instability_bound: float = Field(default=0.02, ge=0, le=1,
                                      description="stable_matching_density: instability <= this (test error)")
     target_density: float = Field(default=0.1, gt=0, le=1, description="for val_acc_at_density")

@@ -28,7 +28,7 @@ from lth_sweep.checkpoint import write_text
 from lth_sweep.engine.lottery import STATE_FILE, Trial
 from lth_sweep.engine.recovery import Candidate, adopt, describe, newest_intact, set_aside
 from lth_sweep.engine.train import Evaluation
-from lth_sweep.sweep.objectives import best_by_validation, objective_value
+from lth_sweep.sweep.objectives import best_by_validation, dense_did_not_learn, objective_value
 from lth_sweep.sweep.packing import PACK_KEY, is_pack
 from lth_sweep.sweep.schema import objective_metrics
 from lth_sweep.sweep.spec import LaunchSpec
@@ -208,6 +208,13 @@ class ConfigRun:
         extra = {"objective": objective_value(self.records, sweep.objective, final), "rounds_done": len(self.records),
                  "config_hash": self.config_hash, "node_id": node_id, **best_by_validation(self.records)}
         self.tracker.log_round(record, extra)
+        objective = sweep.objective
+        if (len(self.records) == 1 and objective.name in ("matching_density", "stable_matching_density")
+                and dense_did_not_learn(self.records, objective.min_dense_val_acc)):
+            self.tracker.notices.append(
+                f"the dense network reached val_acc {record['val_acc']:.3g}, below objective.min_dense_val_acc "
+                f"{objective.min_dense_val_acc:g}: it did not learn, so every round would match it; the trial "
+                f"scores {extra['objective']:g}")
         if trained_now:  # after the round is safe in the shared store
             self.mirror.engine_state()
             append_ledger(self.spec.experiment_dir, self.config_hash, record["round"], trial_id, node_id)
