@@ -138,7 +138,8 @@ def run_ticket(path: Path, out: Path | None) -> None:
         click.echo(round_row(record))
     diff = differences(ticket, retraining.run())
     if diff:
-        click.echo(f"# differs from the ticket's record (another device or thread count?): {'; '.join(diff)}")
+        click.echo("# differs from the ticket's record (float rounding: trained on another device, with another "
+                   f"thread count, or stacked in a pack of configs?): {'; '.join(diff)}")
     else:
         click.echo("# reproduces the ticket's recorded metrics exactly")
     click.echo(f"# round written to {retraining.out / 'rounds.jsonl'}")
