@@ -187,6 +187,8 @@ def format_value(value: Any) -> str:
 
 
 def print_status(status: dict[str, Any]) -> None:
+    for warning in status.get("warnings", []):
+        echo(f"lth-sweep: warning: {warning}", err=True)
     echo(f"sweep {status['name']} at {status['experiment_dir']}: objective {status['objective']} "
          f"({', '.join(f'{m} {o}' for m, o in zip(status['metric'], status['mode'], strict=True))}); "
          f"{len(status['trials'])}/{status['num_samples']} trials "
@@ -375,6 +377,8 @@ def report(path: str, out: Path | None, with_wandb: bool) -> None:
         if name.startswith((str(out), str(out.resolve()))):
             raise UserError("--out", f"cannot write the report into {out}: {err.strerror or err}") from None
         raise UserError("PATH", f"cannot read {name}: {err.strerror or err}") from None
+    for warning in written.data.warnings:
+        echo(f"lth-sweep: warning: {warning}", err=True)
     click.echo(f"report written to {written.index} ({len(written.figures)} figures)")
     if with_wandb:
         from lth_sweep.report.wandb_report import publish

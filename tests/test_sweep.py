@@ -9,6 +9,7 @@ raises once and is retried from its checkpoint.
 from __future__ import annotations
 
 import math
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,28 @@ def test_human_status_has_a_row_per_trial(sweep: h.Sweep, trials: list[dict[str,
         assert str(ROUNDS) in matching[0].split()
     assert any(line.startswith("best trials:") for line in lines)
     assert any(line.startswith("pareto front") for line in lines)
+
+
+def test_status_and_report_name_an_unreadable_tune_snapshot(sweep: h.Sweep, tmp_path: Path) -> None:
+    """A damaged experiment_state file is not a sweep that has not started: status and report list no trial
+    and say, in one warning line, which file could not be read."""
+    copy = tmp_path / "imp"
+    shutil.copytree(sweep.dir, copy)
+    snapshots = sorted(copy.glob("experiment_state-*.json"))
+    assert snapshots
+    for snapshot in snapshots:
+        snapshot.write_text('{"trial_data": [')  # cut short
+    for command in (("status", copy), ("report", copy, "--out", tmp_path / "report")):
+        result = h.run_cli(*command, cwd=sweep.cwd, env=sweep.env, timeout=120)
+        assert result.returncode == 0, result.explain()
+        warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+        assert len(warnings) == 1 and str(snapshots[-1]) in warnings[0] and "cannot be read" in warnings[0], \
+            result.explain()
+    assert str(snapshots[-1]) in (tmp_path / "report" / "index.html").read_text()
+    for snapshot in snapshots:  # no snapshot yet (a sweep just launched): nothing to warn about
+        snapshot.unlink()
+    result = h.run_cli("status", copy, cwd=sweep.cwd, env=sweep.env, timeout=120)
+    assert result.returncode == 0 and "warning" not in result.stderr, result.explain()
 
 
 def test_launching_the_same_name_again_exits_2_and_leaves_it_alone(sweep: h.Sweep) -> None:

@@ -86,6 +86,7 @@ class SweepData:
     trials: list[TrialRow]
     best: list[TrialRow]  # single objective: as `status` ranks them; pareto: the trials on the front
     pareto: list[dict[str, Any]]  # the Pareto front over every round, as `status` has it
+    warnings: list[str] = field(default_factory=list)  # what `status` could not read
 
     @property
     def space(self) -> dict[str, Distribution]:
@@ -170,4 +171,4 @@ def load_sweep_data(path: str) -> SweepData:
     return SweepData(spec=spec, name=status["name"], experiment_dir=status["experiment_dir"],
                      objective=status["objective"], metrics=status["metric"], modes=status["mode"],
                      num_samples=status["num_samples"], counts=status["counts"], trials=trials, best=best,
-                     pareto=status["pareto"])
+                     pareto=status["pareto"], warnings=status["warnings"])

@@ -17,6 +17,7 @@ body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Helvetica, Arial, s
        max-width: 1180px; margin: 2em auto; padding: 0 1.2em; }
 h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
 .meta { color: #666; margin-top: 0; }
+.warning { color: #8a4b00; background: #fff4e0; padding: .4em .6em; border-left: 3px solid #e0a040; }
 table { border-collapse: collapse; margin: .6em 0; font-size: 13px; }
 th, td { border-bottom: 1px solid #e4e4e4; padding: 4px 9px; text-align: right; vertical-align: top; }
 th { background: #f6f6f6; } td.text, th.text { text-align: left; }
@@ -137,6 +138,7 @@ def render(data: SweepData, figures: list[Figure], top: list[TopTrial], csv_name
 <h1>Sweep {html.escape(data.name)}</h1>
 <p class="meta">{html.escape(data.experiment_dir)} · searched: {space} · report made {generated}</p>
 <h2>Progress</h2>
+{''.join(f'<p class="warning">{html.escape(w)}</p>' for w in data.warnings)}
 {progress(data)}
 <h2>{title}</h2>
 {top_table(data, top)}

@@ -12,16 +12,33 @@ from lth_sweep.sweep.packing import members_of
 from lth_sweep.sweep.schema import objective_metrics
 from lth_sweep.sweep.spec import load_spec
 
+SNAPSHOT_PREFIX = "experiment_state-"  # Tune's experiment snapshot, one per driver session
 
-def trial_rows(experiment_dir: str) -> list[dict[str, Any]]:
-    """One row per config (a Tune trial, or each member of a pack trial): searched values, state, rounds done,
-    density, val_acc, objective."""
+
+def tune_analysis(experiment_dir: str) -> tuple[Any, str | None]:
+    """Tune's view of the sweep, or None with no warning (launched, but Tune has not written its first snapshot
+    yet) or with one naming the snapshot that cannot be read."""
     from ray.tune import ExperimentAnalysis
 
     try:
-        analysis = ExperimentAnalysis(experiment_dir)
-    except (ValueError, FileNotFoundError, RuntimeError):
-        return []  # launched, but Tune has not written its first snapshot yet
+        return ExperimentAnalysis(experiment_dir), None
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        snapshots = [f for f in storage.list_files(experiment_dir) if f.startswith(SNAPSHOT_PREFIX) and "/" not in f]
+        if not snapshots:
+            return None, None
+        reason = (str(err).splitlines() or [""])[0][:200]
+        return None, (f"Tune's snapshot {storage.join(experiment_dir, snapshots[-1])} cannot be read "
+                      f"({type(err).__name__}: {reason}); no trial is listed from it")
+
+
+def trial_rows(experiment_dir: str, warnings: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per config (a Tune trial, or each member of a pack trial): searched values, state, rounds done,
+    density, val_acc, objective. Why Tune's snapshot could not be read goes to `warnings`."""
+    analysis, warning = tune_analysis(experiment_dir)
+    if warning is not None and warnings is not None:
+        warnings.append(warning)
+    if analysis is None:
+        return []
     rows = []
     for trial in analysis.trials:
         for member in members_of(trial.trial_id, trial.config, trial.last_result):
@@ -62,10 +79,12 @@ def sweep_status(path: str, top: int = 5) -> dict[str, Any]:
     experiment_dir = spec.experiment_dir
     sweep = spec.sweep
     metrics, modes = objective_metrics(sweep.objective)
-    rows = trial_rows(experiment_dir)
+    warnings: list[str] = []
+    rows = trial_rows(experiment_dir, warnings)
     status: dict[str, Any] = {
         "name": sweep.name, "experiment_dir": experiment_dir, "objective": sweep.objective.name,
         "metric": metrics, "mode": modes, "num_samples": sweep.search.num_samples, "trials": rows,
+        "warnings": warnings,
         "counts": {state: sum(r["state"] == state for r in rows) for state in sorted({r["state"] for r in rows})},
     }
     if len(metrics) == 1:
