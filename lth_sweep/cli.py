@@ -186,18 +186,23 @@ def format_value(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+STOPPED = "STOPPED"  # shown for a trial ASHA ended early (Tune's state is TERMINATED)
+
+
 def print_status(status: dict[str, Any]) -> None:
     for warning in status.get("warnings", []):
         echo(f"lth-sweep: warning: {warning}", err=True)
+    stopped = sum(bool(row.get("stopped_early")) for row in status["trials"])
     echo(f"sweep {status['name']} at {status['experiment_dir']}: objective {status['objective']} "
          f"({', '.join(f'{m} {o}' for m, o in zip(status['metric'], status['mode'], strict=True))}); "
          f"{len(status['trials'])}/{status['num_samples']} trials "
-         + ", ".join(f"{n} {state.lower()}" for state, n in status["counts"].items()))
+         + ", ".join(f"{n} {state.lower()}" for state, n in status["counts"].items())
+         + (f" ({stopped} of them stopped early by ASHA)" if stopped else ""))
     params = sorted({k for row in status["trials"] for k in row["params"]})
     single = len(status["metric"]) == 1  # a Pareto sweep's objective is (density, val_acc): no column of its own
     columns = ["trial_id", "state", *params, "rounds_done", "density", "val_acc", *(["objective"] if single else [])]
-    table = [[format_value(row["params"].get(c) if c in params else row.get(c)) for c in columns]
-             for row in status["trials"]]
+    shown = [{**row, "state": STOPPED if row.get("stopped_early") else row["state"]} for row in status["trials"]]
+    table = [[format_value(row["params"].get(c) if c in params else row.get(c)) for c in columns] for row in shown]
     widths = [max(len(c), *(len(r[i]) for r in table)) if table else len(c) for i, c in enumerate(columns)]
     echo("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
     for r in table:

@@ -200,3 +200,14 @@ def test_the_legend_and_caption_name_the_controls_and_replicates_the_trials_trai
     else:
         assert "its reinit control dashed beside each ticket" in figure.caption
         assert "±1 std over 2 replicates" in figure.caption
+
+
+def test_a_trial_asha_stopped_says_so_on_the_page(raw_config: dict[str, Any], tmp_path: Path) -> None:
+    """Tune calls an ASHA-stopped trial TERMINATED, like one that trained all its rounds: the page tells them
+    apart."""
+    done = trial("a", 0.3, [record(0, 1.0, 0.9, None), record(1, 0.7, 0.9, None), record(2, 0.49, 0.89, None)])
+    stopped = dataclasses.replace(trial("b", 0.2, [record(0, 1.0, 0.85, None)]), stopped_early=True)
+    page = render(sweep_data(raw_config, tmp_path, [done, stopped], "matching_density"), [], [], "rounds.csv")
+    assert "2 done (1 stopped early by ASHA)" in page
+    rows = {row.split("</td>")[0].rsplit(">", 1)[-1]: row for row in page.split("<tr>")[1:]}
+    assert "<td class='text'>stopped by ASHA</td>" in rows["b"] and "<td class='text'>TERMINATED</td>" in rows["a"]

@@ -141,7 +141,14 @@ def test_asha_stops_members_inside_a_stacked_pack(tmp_path: Path, data_root: Pat
     rounds = sorted(row["rounds_done"] for row in rows)
     assert rounds[0] < ROUNDS and rounds[-1] == ROUNDS, rounds  # some stopped at a rung, one went on
     assert all(row["state"] == "TERMINATED" for row in rows)
+    assert [row["stopped_early"] for row in rows] == [row["rounds_done"] < ROUNDS for row in rows]
     assert "(stopped by ASHA)" in sweep.launch.stdout
+    human = h.run_cli("status", sweep.dir, cwd=sweep.cwd, env=sweep.env).stdout.splitlines()
+    stopped = sum(row["stopped_early"] for row in rows)
+    assert f"({stopped} of them stopped early by ASHA)" in human[0], human
+    for row in rows:
+        line = next(line for line in human if line.split()[:1] == [row["trial_id"]])
+        assert line.split()[1] == ("STOPPED" if row["stopped_early"] else "TERMINATED"), human
     trained = Counter(line["config_hash"] for line in h.ledger(sweep.dir))
     assert {row["config_hash"]: row["rounds_done"] for row in rows} == dict(trained)  # nothing after the stop
     study = optuna.load_study(study_name="asha", storage=open_storage(str(sweep.dir / JOURNAL_FILE)))

@@ -65,6 +65,7 @@ class TrialRow:
     objective: float | None
     rounds: list[RoundRow] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)  # the raw round records, for rounds.csv
+    stopped_early: bool = False  # ASHA ended it before its last round
 
     @property
     def density_reached(self) -> float | None:
@@ -160,6 +161,7 @@ def load_sweep_data(path: str) -> SweepData:
     for row in status["trials"]:
         records = read_records(status["experiment_dir"], row["config_hash"])
         trials.append(TrialRow(trial_id=row["trial_id"], state=row["state"], params=row["params"],
+                               stopped_early=row["stopped_early"],
                                config_hash=row["config_hash"], objective=row["objective"],
                                rounds=[RoundRow.from_record(r) for r in records], records=records))
     by_id = {t.trial_id: t for t in trials}

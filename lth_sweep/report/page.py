@@ -63,8 +63,9 @@ def progress(data: SweepData) -> str:
     else:
         compute = f"{seconds * resources.cpu / 3600:.3g} CPU-hours ({resources.cpu:g} CPU per trial)"
     rounds = sum(len(t.rounds) for t in data.trials)
-    items = [("trials", f"{done} done, {running} running, {failed} failed, {max(pending, 0)} not started "
-                        f"(of {data.num_samples})"),
+    stopped = sum(t.stopped_early for t in data.trials)
+    items = [("trials", f"{done} done{f' ({stopped} stopped early by ASHA)' if stopped else ''}, {running} running, "
+                        f"{failed} failed, {max(pending, 0)} not started (of {data.num_samples})"),
              ("rounds finished", str(rounds)),
              ("compute spent", f"{compute}; {seconds / 60:.3g} minutes of training in all"),
              ("objective", f"{html.escape(data.objective)} "
@@ -109,7 +110,8 @@ def trials_table(data: SweepData) -> str:
     rows = []
     for t in data.trials:
         last = t.rounds[-1] if t.rounds else None
-        rows.append(f"<tr><td class='text'>{html.escape(t.trial_id)}</td><td class='text'>{html.escape(t.state)}</td>"
+        state = "stopped by ASHA" if t.stopped_early else t.state
+        rows.append(f"<tr><td class='text'>{html.escape(t.trial_id)}</td><td class='text'>{html.escape(state)}</td>"
                     + "".join(f"<td>{cell(t.params.get(k))}</td>" for k in keys)
                     + f"<td>{len(t.rounds)}</td><td>{percent(t.density_reached)}</td>"
                       f"<td>{cell(last.val_acc.ticket if last else None)}</td>"

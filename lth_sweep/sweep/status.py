@@ -81,6 +81,8 @@ def sweep_status(path: str, top: int = 5) -> dict[str, Any]:
     metrics, modes = objective_metrics(sweep.objective)
     warnings: list[str] = []
     rows = trial_rows(experiment_dir, warnings)
+    for row in rows:  # ended before its last round: only a scheduler (ASHA) ends a trial so
+        row["stopped_early"] = row["state"] == "TERMINATED" and row["rounds_done"] < spec.rounds_of(row["params"])
     status: dict[str, Any] = {
         "name": sweep.name, "experiment_dir": experiment_dir, "objective": sweep.objective.name,
         "metric": metrics, "mode": modes, "num_samples": sweep.search.num_samples, "trials": rows,
