@@ -410,7 +410,7 @@ def instability(data: SweepData) -> Figure | None:
         return None
 
     def draw() -> Figure:
-        fig, (ax,) = figure(5.5, 3.8)
+        fig, (ax,) = figure(7.0, 3.8)
         styles = trial_styles(data, trials)
         drawn = []
         for trial in trials:
@@ -423,7 +423,7 @@ def instability(data: SweepData) -> Figure | None:
         percent_axis(ax, [r.percent_remaining for t in trials for r in t.rounds if r.instability is not None])
         ax.set_ylabel("Instability (error barrier)")
         ax.set_title("Instability to SGD noise")
-        ax.legend(loc="upper left", frameon=False)
+        fig.legend(loc="outside right upper", frameon=False)  # beside the axes: inside, it covered the lines
         return Figure("instability.png", "Instability", "Each round's `instability` as the trial recorded it "
                       "(stability.points): the rise in error along the linear path between two copies of the network "
                       "trained on different data orders; near 0 = stable.", to_png(fig), drawn, inches(fig))
