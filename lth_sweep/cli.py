@@ -319,7 +319,12 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
 @VERBOSE
 def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) -> None:
     """Continue an interrupted sweep; finished rounds are never recomputed."""
-    from lth_sweep.sweep.launch import check_cluster_storage, check_resources, with_env_wandb_mode
+    from lth_sweep.sweep.launch import (
+        check_cluster_storage,
+        check_ray_temp_dir,
+        check_resources,
+        with_env_wandb_mode,
+    )
     from lth_sweep.sweep.lock import driver_lock
     from lth_sweep.sweep.spec import load_spec
     from lth_sweep.sweep.status import sweep_status
@@ -335,6 +340,7 @@ def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) 
             echo(f"sweep {spec.name} at {spec.experiment_dir} is finished ({len(status['trials'])} trials); "
                  f"nothing to resume; see: lth-sweep status {spec.experiment_dir}")
             return
+        check_ray_temp_dir(address)
         echo(f"# resuming sweep {spec.name} at {spec.experiment_dir}")
         if dead_driver:
             echo(f"# taking the sweep over from pid {dead_driver.get('pid')} on host {dead_driver.get('host')}, "

@@ -142,6 +142,20 @@ def test_storage_below_a_file(cli_here: Callable[..., Any], sweep_file: Path, tm
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("variable", ["RAY_TMPDIR", "TMPDIR"])
+def test_a_temp_folder_too_long_for_rays_sockets(variable: str, cli_here: Callable[..., Any], sweep_file: Path,
+                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray cannot start under a temp folder whose socket paths pass 107 bytes (a long TMPDIR, as batch schedulers
+    set): the launch names the variable to shorten, before Ray starts and before anything is written."""
+    long = tmp_path / ("t" * 60)
+    long.mkdir()
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.setenv(variable, str(long))
+    result = cli_here("launch", sweep_file, "--storage", tmp_path / "storage")
+    one_line_error(result, 2, f"{variable}:", str(long), "RAY_TMPDIR=/tmp")
+    assert result.stdout == "" and not (tmp_path / "storage").exists() and not (long / "ray").exists()
+
+
 def test_unknown_uri_scheme(cli_here: Callable[..., Any], sweep_file: Path) -> None:
     line = one_line_error(cli_here("launch", sweep_file, "--storage", "ftp://host/sweeps"), 2,
                           "--storage", "ftp://", "s3://", "gs://")

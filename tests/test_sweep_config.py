@@ -70,6 +70,11 @@ BAD = {
                                         "search.space.rewind.iteration", ("uniform", "int: [0, 50]")),
     "loguniform_over_an_integer_key": Case(space(train__batch_size={"loguniform": [10, 100]}),
                                            "search.space.train.batch_size", ("loguniform", "int: [10, 100]")),
+    # a fixed value of a searched key would be lost: every trial draws its own
+    "set_and_searched": Case(lambda t: t.update(set={"prune.rate": 0.3}), "set.prune.rate",
+                             ("is searched too", "search.space.prune.rate=null")),
+    "set_flag_on_a_searched_key": Case(lambda t: None, "prune.rate", ("is searched too",),
+                                       args=("--set", "prune.rate=0.3")),
     "rewind_past_end_of_training": Case(space(rewind__iteration={"int": [0, TINY_TOTAL]}),
                                         "search.space.rewind.iteration", (str(TINY_TOTAL),)),
     # The key is reported as "sweep"; the message itself names the scheduler and the objective.
@@ -220,6 +225,13 @@ def test_set_can_change_the_range_of_a_searched_key(tmp_path: Path, data_root: P
     path = h.write_sweep(tmp_path / "s.yaml", h.sweep_tree(data_root))
     sweep, _ = load_sweep(path, {"search.space.prune.rate.uniform": [0.1, 0.2]})
     assert sweep.search.space["prune.rate"].uniform == (0.1, 0.2)
+
+
+def test_a_searched_key_can_be_dropped_and_fixed_from_the_command_line(tmp_path: Path, data_root: Path) -> None:
+    path = h.write_sweep(tmp_path / "s.yaml", h.sweep_tree(data_root))
+    sweep, experiment = load_sweep(path, {"search.space.prune.rate": None, "prune.rate": 0.3})
+    assert "prune.rate" not in sweep.search.space and "rewind.iteration" in sweep.search.space
+    assert experiment["prune"]["rate"] == 0.3
 
 
 def test_pack_auto_is_resolved_at_launch_to_one_on_a_cpu(tmp_path: Path, data_root: Path) -> None:

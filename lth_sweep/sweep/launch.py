@@ -10,6 +10,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -278,6 +279,35 @@ def machine_cpus() -> int:
     return os.cpu_count() or 1
 
 
+# Ray's longest socket path: <temp>/ray/session_<date>_<time>_<microseconds>_<pid>/sockets/plasma_store
+RAY_SOCKET_SUFFIX = os.path.join("ray", "session_2026-12-01_20-06-58_760370_4194304", "sockets", "plasma_store")
+MAX_SOCKET_PATH = 107  # bytes, AF_UNIX on Linux (sun_path less its terminating zero)
+
+
+def ray_temp_root() -> str:
+    """Where a Ray started here puts its session folder: RAY_TMPDIR, else (on Linux) TMPDIR, else /tmp (as
+    ray._common.utils.get_default_system_temp_dir decides)."""
+    if "RAY_TMPDIR" in os.environ:
+        return os.environ["RAY_TMPDIR"]
+    if sys.platform.startswith("linux") and "TMPDIR" in os.environ:
+        return os.environ["TMPDIR"]
+    return "/tmp"
+
+
+def check_ray_temp_dir(address: str | None) -> None:
+    """Refuses, before Ray starts here, a temp folder whose socket paths are too long for Ray to start at all (a
+    long TMPDIR, as batch schedulers set)."""
+    if on_cluster(address):
+        return
+    root = ray_temp_root()
+    longest = len(os.path.join(root, RAY_SOCKET_SUFFIX).encode())
+    if longest > MAX_SOCKET_PATH:
+        variable = "RAY_TMPDIR" if "RAY_TMPDIR" in os.environ else "TMPDIR"
+        raise UserError(variable, f"Ray would put its sockets under {root}/ray/, where their paths reach {longest} "
+                                  f"bytes, over the {MAX_SOCKET_PATH} a socket path may have; set RAY_TMPDIR to a "
+                                  "shorter folder (for example RAY_TMPDIR=/tmp)")
+
+
 def check_resources(resources: ResourcesConfig, address: str | None) -> None:
     """Refuses, before Ray starts, a trial size that Ray started on this machine could never place."""
     if on_cluster(address):
@@ -367,6 +397,7 @@ def prepare_launch(sweep: SweepConfig, experiment: dict[str, Any], storage_locat
     spec = LaunchSpec(sweep=sweep, experiment=experiment, experiment_dir=experiment_dir,
                       wandb_mode=resolve_mode(sweep.wandb.mode))
     check_new_study(spec)
+    check_ray_temp_dir(address)  # last: what the user got wrong is said first
     return spec
 
 

@@ -187,6 +187,20 @@ def resolve_experiment(sweep: SweepConfig, base_dir: Path, overrides: dict[str, 
     return raw
 
 
+def check_fixed_not_searched(sweep: SweepConfig, overrides: dict[str, Any]) -> None:
+    """A key fixed by `set:` or `--set` and searched as well would be drawn anew by every trial: the fixed value
+    would be silently lost."""
+    fixed = {**{f"set.{k}": k for k in sweep.set},
+             **{k: k for k in overrides if not k.startswith(SWEEP_KEYS)}}
+    for name, key in fixed.items():
+        searched = next((s for s in sweep.search.space if s == key or s.startswith(key + ".")), None)
+        if searched is not None:
+            what = "is searched too" if searched == key else f"holds {searched}, which is searched"
+            raise UserError(name, f"{what} (search.space.{searched}): every trial would draw its own value over "
+                                  "this one; to fix it, drop it from the space with "
+                                  f"--set search.space.{searched}=null")
+
+
 SWEEP_KEYS = ("search.", "objective.", "scheduler.", "resources.", "wandb.", "optuna.", "storage", "name",
               "max_failures", "experiment")
 
@@ -254,11 +268,16 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
     storage_from_file = "storage" in tree and "storage" not in overrides
     for key, value in overrides.items():
         if key.startswith("search.space."):  # the space's own keys are dotted: search.space.prune.rate.uniform
+            space = tree.setdefault("search", {}).setdefault("space", {})
+            if value is None and isinstance(space, dict) and key.removeprefix("search.space.") in space:
+                del space[key.removeprefix("search.space.")]  # search.space.KEY=null: KEY is searched no more
+                continue
             searched, _, kind = key.removeprefix("search.space.").rpartition(".")
             if kind not in ("uniform", "loguniform", "int", "choice") or not searched:
                 raise UserError(key, "set a searched key's distribution as search.space.KEY.KIND=VALUE "
-                                     "with KIND one of uniform, loguniform, int, choice")
-            tree.setdefault("search", {}).setdefault("space", {})[searched] = {kind: value}
+                                     "with KIND one of uniform, loguniform, int, choice, or drop a searched key "
+                                     "with search.space.KEY=null")
+            space[searched] = {kind: value}
         elif key.startswith(SWEEP_KEYS):
             set_dotted(tree, key, value)
     if not isinstance((tree.get("search") or {}).get("space", {}), dict):
@@ -271,6 +290,7 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
         sweep.name = path.stem
     if storage_from_file:
         sweep.storage = relative_to_file(sweep.storage, path.parent)
+    check_fixed_not_searched(sweep, overrides)
     experiment = resolve_experiment(sweep, path.parent, overrides)
     try:
         check_space(experiment, sweep.search.space)
