@@ -91,7 +91,8 @@ def test_offline_mode_in_the_environment_wins_and_the_key_is_nowhere(tmp_path: P
 def test_unreachable_online_falls_back_to_offline_files_and_the_key_is_nowhere(tmp_path: Path, data_root: Path,
                                                                                 ray_tmp: Path) -> None:
     sweep, searched = launch_with_key(tmp_path, data_root, ray_tmp, WANDB_MODE=None,
-                                      WANDB_BASE_URL="http://127.0.0.1:9")  # loopback port 9: refused at once
+                                      WANDB_BASE_URL="http://127.0.0.1:9",  # loopback port 9: refused at once
+                                      WANDB_INIT_TIMEOUT="4")  # W&B retries until the bound: keep it short
     out = sweep.launch.stdout + sweep.launch.stderr  # the terminal: one warning line per trial
     assert sweep.launch.returncode == 0, sweep.launch.explain()
     assert "W&B online ->" in sweep.launch.stdout.splitlines()[0]  # auto with a key: online
