@@ -207,7 +207,11 @@ def test_a_trial_asha_stopped_says_so_on_the_page(raw_config: dict[str, Any], tm
     apart."""
     done = trial("a", 0.3, [record(0, 1.0, 0.9, None), record(1, 0.7, 0.9, None), record(2, 0.49, 0.89, None)])
     stopped = dataclasses.replace(trial("b", 0.2, [record(0, 1.0, 0.85, None)]), stopped_early=True)
-    page = render(sweep_data(raw_config, tmp_path, [done, stopped], "matching_density"), [], [], "rounds.csv")
+    data = sweep_data(raw_config, tmp_path, [done, stopped], "matching_density")
+    page = render(data, [], [], "rounds.csv")
     assert "2 done (1 stopped early by ASHA)" in page
+    crosses = "grey crosses are trials ASHA stopped"  # their objective is the value they had when stopped
+    assert crosses in figs.objective_vs_params(data).caption
+    assert crosses not in figs.objective_vs_params(sweep_data(raw_config, tmp_path, [done], "matching_density")).caption
     rows = {row.split("</td>")[0].rsplit(">", 1)[-1]: row for row in page.split("<tr>")[1:]}
     assert "<td class='text'>stopped by ASHA</td>" in rows["b"] and "<td class='text'>TERMINATED</td>" in rows["a"]

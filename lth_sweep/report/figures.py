@@ -272,6 +272,12 @@ def objective_label(data: SweepData) -> str:
     return f"{data.objective} ({better} is better)"
 
 
+# how a trial's point is drawn: trained all its rounds, stopped by ASHA (its value when it stopped), still running
+POINT_STYLES = {"finished": {"color": "#1f77b4", "label": "finished"},
+                "stopped": {"color": "#8c8c8c", "marker": "x", "label": "stopped by ASHA (value then)"},
+                "running": {"facecolors": "none", "edgecolors": "#1f77b4", "label": "running (so far)"}}
+
+
 def objective_vs_params(data: SweepData) -> Figure | None:
     """The objective of every trial that has one against each searched hyperparameter."""
     scored = [t for t in data.trials if is_number(t.objective)]
@@ -294,14 +300,12 @@ def objective_vs_params(data: SweepData) -> Figure | None:
                 x = [float(t.params[key]) for t in rows]
                 searched_range_axis(ax, getattr(dist, dist.kind), log=dist.kind == "loguniform")
             y = [float(t.objective) for t in rows]
-            finished = [t.state == "TERMINATED" for t in rows]
-            ax.scatter([v for v, f in zip(x, finished, strict=True) if f],
-                       [v for v, f in zip(y, finished, strict=True) if f], color="#1f77b4", s=18, zorder=3,
-                       label="finished")
-            if not all(finished):
-                ax.scatter([v for v, f in zip(x, finished, strict=True) if not f],
-                           [v for v, f in zip(y, finished, strict=True) if not f], facecolors="none",
-                           edgecolors="#1f77b4", s=18, zorder=3, label="running (so far)")
+            kinds = ["stopped" if t.stopped_early else "finished" if t.state == "TERMINATED" else "running"
+                     for t in rows]
+            for kind, style in POINT_STYLES.items():
+                if kind in kinds:
+                    ax.scatter([v for v, k in zip(x, kinds, strict=True) if k == kind],
+                               [v for v, k in zip(y, kinds, strict=True) if k == kind], s=18, zorder=3, **style)
             drawn.append(Drawn(key, "trials", None, "points", x, y))
             for t, px, py in zip(rows, x, y, strict=True):
                 if t.trial_id == best_id:
@@ -310,7 +314,9 @@ def objective_vs_params(data: SweepData) -> Figure | None:
         axes[0].set_ylabel(objective_label(data))
         axes[0].legend(frameon=False)
         return Figure("objective_vs_params.png", "Objective against each searched hyperparameter",
-                      f"Each point is a trial's {data.objective}; hollow points are trials still running.",
+                      f"Each point is a trial's {data.objective}; hollow points are trials still running"
+                      + ("; grey crosses are trials ASHA stopped, at the value they had then"
+                         if any(t.stopped_early for t in data.trials) else "") + ".",
                       to_png(fig), drawn, inches(fig))
 
     return styled(draw)
