@@ -312,7 +312,8 @@ def objective_vs_params(data: SweepData) -> Figure | None:
                     ax.scatter([px], [py], marker="*", s=110, color=BEST_COLOR, zorder=4, label="best")
             ax.set_xlabel(key + (" (log scale)" if dist.kind == "loguniform" else ""))
         axes[0].set_ylabel(objective_label(data))
-        axes[0].legend(frameon=False)
+        if axes[0].get_legend_handles_labels()[0]:  # a panel whose key no trial has yet draws no point
+            axes[0].legend(frameon=False)
         return Figure("objective_vs_params.png", "Objective against each searched hyperparameter",
                       f"Each point is a trial's {data.objective}; hollow points are trials still running"
                       + ("; grey crosses are trials ASHA stopped, at the value they had then"
