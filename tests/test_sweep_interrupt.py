@@ -46,6 +46,7 @@ def test_ctrl_c_saves_exits_and_resumes(tmp_path: Path, data_root: Path, ray_tmp
     stopped = h.status_json(sweep_dir, tmp_path, env)
     partial = {t["trial_id"] for t in stopped["trials"] if 0 < t["rounds_done"] < ROUNDS}
     assert all(b["rounds_done"] == ROUNDS for b in stopped["best"]), stopped
+    assert all(t["state"] == "IN_PROGRESS" for t in stopped["trials"] if t["trial_id"] in partial), stopped
     best_line = next((line for line in output.splitlines() if line.startswith("best trials:")), "")
     assert not any(trial_id in best_line for trial_id in partial), output[-3000:]
 

@@ -11,6 +11,7 @@ from typing import Any
 from lth_sweep.report.data import SweepData, TrialRow, is_number
 from lth_sweep.report.figures import Figure
 from lth_sweep.sweep.optuna_store import dashboard_command
+from lth_sweep.sweep.status import IN_PROGRESS
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #222;
@@ -53,9 +54,9 @@ def percent(density: float | None) -> str:
 
 def progress(data: SweepData) -> str:
     counts = data.counts
-    done, running = counts.get("TERMINATED", 0), counts.get("RUNNING", 0)
+    done, started = counts.get("TERMINATED", 0), counts.get("RUNNING", 0) + counts.get(IN_PROGRESS, 0)
     failed = counts.get("ERROR", 0)
-    pending = data.num_samples - done - running - failed
+    pending = data.num_samples - done - started - failed
     resources = data.spec.sweep.resources
     seconds = data.compute_seconds()
     if resources.gpu:
@@ -64,8 +65,8 @@ def progress(data: SweepData) -> str:
         compute = f"{seconds * resources.cpu / 3600:.3g} CPU-hours ({resources.cpu:g} CPU per trial)"
     rounds = sum(len(t.rounds) for t in data.trials)
     stopped = sum(t.stopped_early for t in data.trials)
-    items = [("trials", f"{done} done{f' ({stopped} stopped early by ASHA)' if stopped else ''}, {running} running, "
-                        f"{failed} failed, {max(pending, 0)} not started (of {data.num_samples})"),
+    items = [("trials", f"{done} done{f' ({stopped} stopped early by ASHA)' if stopped else ''}, {started} in "
+                        f"progress, {failed} failed, {max(pending, 0)} not started (of {data.num_samples})"),
              ("rounds finished", str(rounds)),
              ("compute spent", f"{compute}; {seconds / 60:.3g} minutes of training in all"),
              ("objective", f"{html.escape(data.objective)} "

@@ -13,6 +13,9 @@ from lth_sweep.sweep.schema import objective_metrics
 from lth_sweep.sweep.spec import load_spec
 
 SNAPSHOT_PREFIX = "experiment_state-"  # Tune's experiment snapshot, one per driver session
+# Tune's snapshots record a RUNNING trial as PENDING (so that a restore starts it again): one with rounds done is
+# training now, or was when its driver stopped, and `resume` continues it
+IN_PROGRESS = "IN_PROGRESS"
 
 
 def tune_analysis(experiment_dir: str) -> tuple[Any, str | None]:
@@ -81,8 +84,11 @@ def sweep_status(path: str, top: int = 5) -> dict[str, Any]:
     metrics, modes = objective_metrics(sweep.objective)
     warnings: list[str] = []
     rows = trial_rows(experiment_dir, warnings)
-    for row in rows:  # ended before its last round: only a scheduler (ASHA) ends a trial so
+    for row in rows:
+        # ended before its last round: only a scheduler (ASHA) ends a trial so
         row["stopped_early"] = row["state"] == "TERMINATED" and row["rounds_done"] < spec.rounds_of(row["params"])
+        if row["state"] == "PENDING" and row["rounds_done"] > 0:
+            row["state"] = IN_PROGRESS
     status: dict[str, Any] = {
         "name": sweep.name, "experiment_dir": experiment_dir, "objective": sweep.objective.name,
         "metric": metrics, "mode": modes, "num_samples": sweep.search.num_samples, "trials": rows,
