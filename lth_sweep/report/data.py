@@ -114,16 +114,18 @@ class SweepData:
     def control_searched(self) -> bool:
         return "control" in self.space
 
+    def replicate_counts(self) -> list[int]:
+        return [int(r) for r in self.values_of("replicates", self.spec.trial_config({}).replicates)]
+
     @property
     def replicates(self) -> int:
         """Replicates per trial: the most any trial trains, when `replicates` is searched."""
-        return max(int(r) for r in self.values_of("replicates", self.spec.trial_config({}).replicates))
+        return max(self.replicate_counts())
 
     @property
     def replicates_text(self) -> str:
         """'3', or '1–3' when the trials train different numbers of replicates."""
-        counts = [int(r) for r in self.values_of("replicates", self.spec.trial_config({}).replicates)]
-        low, high = min(counts), max(counts)
+        low, high = min(self.replicate_counts()), max(self.replicate_counts())
         return str(high) if low == high else f"{low}–{high}"
 
     @property
