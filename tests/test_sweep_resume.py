@@ -91,8 +91,6 @@ def test_status_of_the_killed_sweep_says_it_is_unfinished(interrupted: Interrupt
     trials = json.loads(result.stdout)["trials"]
     assert len(trials) <= NUM_SAMPLES
     assert len(trials) < NUM_SAMPLES or any(t["state"] != "TERMINATED" for t in trials), trials
-    # Tune's snapshot says PENDING for a trial that was running: one with rounds is shown as in progress
-    assert all(t["state"] in ("TERMINATED", "IN_PROGRESS") for t in trials if t["rounds_done"]), trials
 
 
 def test_a_report_of_the_killed_sweep_shows_it_unfinished(interrupted: Interrupted) -> None:
