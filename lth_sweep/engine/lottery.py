@@ -217,14 +217,20 @@ class Trial:
 
     @functools.cached_property
     def prunable_kinds(self) -> dict[str, str]:
-        return self.build().prunable_kinds()
+        return self.build(initialize=False).prunable_kinds()
 
-    def build(self) -> torch.nn.Module:
-        return build_model(self.config.model, self.data.input_shape, self.data.num_classes)
+    def build(self, initialize: bool = True) -> torch.nn.Module:
+        return build_model(self.config.model, self.data.input_shape, self.data.num_classes, initialize)
 
     def fresh_population(self, purpose: str = "init", round_index: int = 0) -> Population:
         seeds = self.seeds if purpose == "init" else [derived_seed(s, purpose, round_index) for s in self.seeds]
         return Population.initialize(self.build, seeds, self.device)
+
+    def loaded_population(self, state: dict[str, torch.Tensor], copies: int = 1) -> Population:
+        """`copies` x K members holding `state`'s weights (a rewind point, a mid-phase save): not initialized first."""
+        pop = Population.initialize(lambda: self.build(initialize=False), self.seeds * copies, self.device)
+        pop.load({n: t.to(self.device) for n, t in state.items()})
+        return pop
 
     def new_state(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "config_hash": self.config.config_hash(), "records": [],
@@ -327,8 +333,7 @@ class Trial:
         if phase == "control" and self.config.control == "reinit":
             pop = self.fresh_population("reinit", round_index)
         else:
-            pop = self.fresh_population()
-            pop.load({n: t.to(self.device) for n, t in load_torch(self.rewind_path).items()})
+            pop = self.loaded_population(load_torch(self.rewind_path))
         masks = self.round_masks(state, pop)
         if phase == "control" and self.config.control == "random_mask":
             generators = [torch.Generator().manual_seed(derived_seed(s, "random_mask", round_index))
@@ -338,8 +343,6 @@ class Trial:
         return pop, masks
 
     def resume_population(self, state: dict[str, Any]) -> tuple[Population, pruning.Masks]:
-        pop = self.fresh_population()
-        if self.config.stability.points:
-            pop = pop.tiled(2)
-        pop.load({n: t.to(self.device) for n, t in {**state["params"], **state["buffers"]}.items()})
+        copies = 2 if self.config.stability.points else 1
+        pop = self.loaded_population({**state["params"], **state["buffers"]}, copies)
         return pop, {n: m.to(self.device) for n, m in state["phase_masks"].items()}

@@ -1,6 +1,6 @@
 """The model zoo, each model naming its prunable tensors and their kind.
 
-Every model is a plain nn.Module initialized in `__init__` from the global torch RNG (the caller seeds
+Every model is a plain nn.Module, initialized by `build_model` from the global torch RNG (the caller seeds
 it), and works under `torch.func.functional_call` + `torch.func.vmap` with stacked parameters and
 buffers (the engine trains K replicates as one stacked model): no in-place ops on activations, no
 `.item()`, no data-dependent Python control flow.
@@ -39,6 +39,10 @@ class ZooModel(nn.Module):
                 kinds[f"{name}.weight"] = "output" if module is self.output else "fc"
         return kinds
 
+    def initialize(self) -> None:
+        """Sets the model's initial weights from the global torch RNG, as its paper does."""
+        raise NotImplementedError
+
     def _init_glorot(self) -> None:
         """Glorot/Xavier normal weights and zero biases, as in the lottery ticket paper."""
         for module in self.modules():
@@ -62,6 +66,8 @@ class ZooModel(nn.Module):
 class MLP(ZooModel):
     """Flatten -> fc1 -> ReLU -> ... -> fcN -> ReLU -> output (LeNet-300-100 is widths [300, 100])."""
 
+    initialize = ZooModel._init_glorot
+
     def __init__(self, in_features: int, widths: list[int], num_classes: int) -> None:
         super().__init__()
         self.depth = len(widths)
@@ -69,7 +75,6 @@ class MLP(ZooModel):
         for i in range(1, len(dims)):
             self.add_module(f"fc{i}", nn.Linear(dims[i - 1], dims[i]))
         self.output = nn.Linear(dims[-1], num_classes)
-        self._init_glorot()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(x, 1)
@@ -80,6 +85,8 @@ class MLP(ZooModel):
 
 class ConvNet(ZooModel):
     """Conv-2/4/6: 3x3 convs (padding 1) with ReLU and 2x2 max-pools, then fc 256, fc 256, output."""
+
+    initialize = ZooModel._init_glorot
 
     def __init__(self, plan: list[tuple[int, bool]], input_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
@@ -93,7 +100,6 @@ class ConvNet(ZooModel):
         self.fc1 = nn.Linear(channels * height * width, 256)
         self.fc2 = nn.Linear(256, 256)
         self.output = nn.Linear(256, num_classes)
-        self._init_glorot()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, pool in enumerate(self.pools, start=1):
@@ -129,6 +135,8 @@ class BasicBlock(nn.Module):
 class ResNet20(ZooModel):
     """CIFAR ResNet-20 (He et al. 2016): conv 16 + BN, 3 stages x 3 blocks of 16/32/64, avg pool, output."""
 
+    initialize = ZooModel._init_kaiming
+
     def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(input_shape[0], 16, 3, padding=1, bias=False)
@@ -140,7 +148,6 @@ class ResNet20(ZooModel):
                 f_in = f_out
         self.blocks = nn.Sequential(*blocks)
         self.output = nn.Linear(64, num_classes)
-        self._init_kaiming()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn(self.conv(x)))
@@ -167,6 +174,8 @@ class VGG16(ZooModel):
     so the model also runs on 28x28 input.
     """
 
+    initialize = ZooModel._init_kaiming
+
     def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -179,15 +188,22 @@ class VGG16(ZooModel):
                 channels = int(spec)
         self.layers = nn.Sequential(*layers)
         self.output = nn.Linear(channels, num_classes)
-        self._init_kaiming()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(x)
         return self.output(x.mean(dim=(2, 3)))
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> ZooModel:
-    """Build `cfg.name` for inputs of `input_shape` (no batch dimension), initialized from the torch RNG."""
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, initialize: bool = True) -> ZooModel:
+    """Build `cfg.name` for inputs of `input_shape` (no batch dimension), initialized from the torch RNG (or, with
+    `initialize=False`, for weights that are loaded next: PyTorch's default init only, much cheaper)."""
+    model = zoo_model(cfg, input_shape, num_classes)
+    if initialize:
+        model.initialize()
+    return model
+
+
+def zoo_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> ZooModel:
     input_shape = tuple(input_shape)
     if cfg.name in IMAGE_MODELS and len(input_shape) != 3:
         raise UserError("model.name", f"{cfg.name} needs image input (mnist, fashion_mnist, cifar10); "
