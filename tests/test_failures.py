@@ -163,13 +163,18 @@ def test_unknown_uri_scheme(cli_here: Callable[..., Any], sweep_file: Path) -> N
     one_line_error(cli_here("status", "ftp://host/sweeps/imp"), 2, "ftp://", "s3://")
 
 
-def test_unreachable_storage_is_one_line(cli_here: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    """An S3 endpoint nobody answers (loopback port 9, refused at once): pyarrow's OSError becomes one line."""
+def test_unreachable_storage_is_one_line(cli_cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An S3 endpoint nobody answers (loopback port 9, refused at once): pyarrow's OSError becomes one line. The
+    AWS SDK retries for ~6 s before it gives up, so the three commands run side by side, as processes."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "fake")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake")
     uri = "s3://bucket/sweeps/imp?endpoint_override=http://127.0.0.1:9&scheme=http&region=us-east-1"
-    for command in ("status", "resume", "report"):
-        one_line_error(cli_here(command, uri), 1, "bucket", "127.0.0.1:9")
+    procs = [subprocess.Popen(h.cli_argv(command, uri), cwd=cli_cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for command in ("status", "resume", "report")]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), 1, "bucket",
+                       "127.0.0.1:9")
 
 
 # ------------------------------------------------------------------------------------ while running

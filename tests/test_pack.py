@@ -70,12 +70,9 @@ def member_configs(model: str, data: DatasetSplits, dataset: str, members: list[
 
 
 def small_data(model: str) -> tuple[DatasetSplits, str]:
-    """24 training examples (6 batches of 4), 8 for validation and test; 16x16 images for the conv nets (every
-    zoo model takes them)."""
+    """24 training examples (6 batches of 4), 8 for validation and test."""
     data, dataset = tiny_data(model)
     x = data.train_x[:24]
-    if x.dim() == 4:
-        x = x[:, :, :16, :16].contiguous()
     return replace(data, train_x=x, train_y=data.train_y[:24], val_x=x[:8], val_y=data.train_y[:8],
                    test_x=x[8:16], test_y=data.train_y[8:16], input_shape=tuple(x.shape[1:])), dataset
 
