@@ -154,7 +154,8 @@ def ticket() -> None:
 @click.argument("path")
 @click.argument("trial", required=False)
 @click.option("--round", "round_index", type=int, default=None,
-              help="Round to export (default: the sparsest within the objective's tolerance of the dense val_acc).")
+              help="Round to export (default: the winning ticket as the sweep's objective scores it: the sparsest "
+                   "round within its tolerance of the dense val_acc, and stable for stable_matching_density).")
 @click.option("--replicate", type=int, default=0, show_default=True, help="Which replicate (seed + K) to export.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The ticket file to write.")
 def ticket_export(path: str, trial: str | None, round_index: int | None, replicate: int, out: Path) -> None:
@@ -163,11 +164,10 @@ def ticket_export(path: str, trial: str | None, round_index: int | None, replica
     from lth_sweep.report.tickets import export_ticket
 
     written = export_ticket(path, trial, out, round_index, replicate)
-    record = written["record"]
-    how = "asked for" if round_index is not None else "the sparsest within tolerance of the dense val_acc"
-    click.echo(f"ticket of round {written['round']} ({how}): density {record['density']:.4f}, val_acc "
-               f"{record['val_acc']:.4f}, replicate {written['replicate']} (seed {written['seed']}), "
-               f"config {written['source']['config_hash']} -> {out}")
+    record, source = written["record"], written["source"]
+    click.echo(f"ticket of round {written['round']} ({source['round_chosen']}): density {record['density']:.4f}, "
+               f"val_acc {record['val_acc']:.4f}, replicate {written['replicate']} (seed {written['seed']}), "
+               f"config {source['config_hash']} -> {out}")
 
 
 TRIAL_MARKER = "config.yaml"  # the first file a trial writes into its folder

@@ -12,6 +12,7 @@ from lth_sweep.sweep.objectives import (
     objective_value,
     pareto_front,
     val_acc_at_density,
+    winning_round,
 )
 from lth_sweep.sweep.schema import ObjectiveConfig, objective_metrics
 
@@ -68,6 +69,34 @@ def test_a_trial_whose_dense_network_did_not_learn_scores_1(name: str) -> None:
     assert objective_value(at_chance, objective) == 1.0
     assert objective_value(learned, objective) == 0.25
     assert objective_value(at_chance, ObjectiveConfig(name=name, min_dense_val_acc=0.0)) == 0.25  # guard off
+
+
+# ------------------------------------------------------------------------------------ winning_round
+
+
+def test_the_winning_round_is_the_one_each_objective_scores() -> None:
+    """The round `ticket export` takes by default: its density is the objective's value, for every objective
+    that names a round; the others take the sparsest matching round."""
+    stability = [0.0, 0.01, 0.05, 0.015, 0.0]  # round 3 is the sparsest matching round that is stable (<= 0.02)
+    trial = [{**r, "instability": e} for r, e in zip(TRIAL, stability, strict=True)]
+    for name in ("matching_density", "stable_matching_density"):
+        objective = ObjectiveConfig(name=name, tolerance=0.01)
+        assert winning_round(trial, objective)["density"] == objective_value(trial, objective)
+    assert winning_round(trial, ObjectiveConfig(name="matching_density"))["round"] == 3
+    strict = ObjectiveConfig(name="stable_matching_density", instability_bound=0.012)
+    assert winning_round(trial, strict)["round"] == 1
+    assert winning_round(trial, ObjectiveConfig(name="best_val_acc"))["round"] == 1  # val_acc 0.91
+    for name in ("val_acc_at_density", "pareto"):
+        assert winning_round(trial, ObjectiveConfig(name=name))["round"] == 3
+
+
+def test_no_winning_round_when_the_dense_network_did_not_learn_or_none_is_stable() -> None:
+    at_chance = [{**r, "instability": 0.0} for r in rounds((1.0, 0.10), (0.5, 0.10))]
+    unstable = [{**r, "instability": 0.3} for r in TRIAL]
+    assert winning_round(at_chance, ObjectiveConfig(name="matching_density")) is None
+    assert winning_round(at_chance, ObjectiveConfig(name="stable_matching_density")) is None
+    assert winning_round(unstable, ObjectiveConfig(name="stable_matching_density")) is None
+    assert winning_round(unstable, ObjectiveConfig(name="matching_density"))["round"] == 3
 
 
 # ------------------------------------------------------------------------------------ val_acc_at_density

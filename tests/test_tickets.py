@@ -9,6 +9,7 @@ alone, checked against the trial's own files (rewind.pt, rounds.jsonl), and retr
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import torch
 from conftest import CliResult, main_here, read_rounds
 
 from lth_sweep import storage
-from lth_sweep.checkpoint import load_torch
+from lth_sweep.checkpoint import load_torch, save_torch
 from lth_sweep.config import MODELS, ExperimentConfig, build_experiment, load_experiment
 from lth_sweep.engine.data import DatasetSplits
 from lth_sweep.engine.lottery import PER_REPLICATE_METRICS, Trial
@@ -30,7 +31,7 @@ from lth_sweep.engine.models import build_model
 from lth_sweep.engine.population import Population
 from lth_sweep.errors import UserError
 from lth_sweep.report.tickets import Retraining, TrialSource, build_ticket, differences, export_ticket
-from lth_sweep.sweep.schema import SweepConfig
+from lth_sweep.sweep.schema import ObjectiveConfig, SweepConfig
 from lth_sweep.sweep.spec import LaunchSpec, save_spec
 
 REWIND = 15
@@ -145,10 +146,26 @@ def test_default_round_is_the_sparsest_within_tolerance(run_dir: Path, tmp_path:
     dense = records[0]["val_acc"]
     for tolerance in (0.01, 0.0, 0.5):  # 0.5: every round matches
         expected = min((r for r in records if r["val_acc"] >= dense - tolerance), key=lambda r: r["density"])
-        source = TrialSource(str(run_dir), "run", tolerance)
+        source = TrialSource(str(run_dir), "run", ObjectiveConfig(tolerance=tolerance))
         assert build_ticket(source, None, 0)["round"] == expected["round"], tolerance
-    assert export_ticket(str(run_dir), None, tmp_path / "t.pt")["record"]["density"] == \
-        min(r["density"] for r in records if r["val_acc"] >= dense - 0.01)
+    ticket = export_ticket(str(run_dir), None, tmp_path / "t.pt")
+    assert ticket["record"]["density"] == min(r["density"] for r in records if r["val_acc"] >= dense - 0.01)
+    assert ticket["source"]["round_chosen"] == "the sparsest within tolerance of the dense val_acc"
+
+
+def test_a_trial_whose_dense_network_did_not_learn_has_no_default_ticket(run_dir: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """At chance every round 'matches' the dense one, so the sparsest would be exported as a winning ticket. The
+    same trial with its dense val_acc at chance (0.1) is exit 2 with one line; `--round` still exports."""
+    trial = tmp_path / "at_chance"
+    shutil.copytree(run_dir, trial)
+    state = load_torch(trial / "state.pt")
+    state["records"][0]["val_acc"] = 0.1
+    save_torch(trial / "state.pt", state)
+    result = main_here(capsys, "ticket", "export", trial, "--out", tmp_path / "t.pt")
+    assert_user_error(result, "--round", "did not learn", "objective.min_dense_val_acc 0.15", f"0..{ROUNDS - 1}")
+    assert not (tmp_path / "t.pt").exists()
+    assert main_here(capsys, "ticket", "export", trial, "--round", "1", "--out", tmp_path / "t.pt").returncode == 0
 
 
 def test_round_0_ticket_is_the_initialization(run_dir: Path, tmp_path: Path, mnist1d: DatasetSplits) -> None:

@@ -31,22 +31,22 @@ from lth_sweep.engine.lottery import PER_REPLICATE_METRICS, Trial, masks_of_roun
 from lth_sweep.engine.models import build_model
 from lth_sweep.engine.population import Population
 from lth_sweep.errors import UserError
+from lth_sweep.sweep.objectives import dense_did_not_learn, winning_round
 from lth_sweep.sweep.schema import ObjectiveConfig
 from lth_sweep.sweep.spec import SPEC_FILE, load_spec
 
 TICKET_FORMAT = 1
 TICKET_KEYS = ("format", "state_dict", "masks", "config", "record", "round", "replicate", "seed")
 COMPARED = ("density", *PER_REPLICATE_METRICS)  # what a retrained ticket must reproduce
-DEFAULT_TOLERANCE = ObjectiveConfig.model_fields["tolerance"].default
 
 
 @dataclass
 class TrialSource:
-    """Where one trial's engine files are, and the tolerance that picks its default round."""
+    """Where one trial's engine files are, and the objective that picks its default round."""
 
     engine_dir: str  # a local folder or a URI
     label: str  # the trial id or config hash asked for, or the run folder
-    tolerance: float
+    objective: ObjectiveConfig  # the sweep's (the default objective for a run folder)
 
 
 def is_run_dir(path: str) -> bool:
@@ -59,7 +59,7 @@ def locate(path: str, trial: str | None) -> TrialSource:
     if is_run_dir(path):
         if trial is not None:
             raise UserError("TRIAL", f"{path} is one `lth-sweep run` trial folder; give no TRIAL for it")
-        return TrialSource(str(Path(path).resolve()), str(path), DEFAULT_TOLERANCE)
+        return TrialSource(str(Path(path).resolve()), str(path), ObjectiveConfig())
     if not storage.is_uri(path) and not storage.exists(storage.join(storage.normalize(path), SPEC_FILE)):
         raise UserError("PATH", f"{path} is neither a sweep folder ({SPEC_FILE}) nor a `lth-sweep run` trial folder "
                                 "(state.pt and config.yaml)")
@@ -67,10 +67,10 @@ def locate(path: str, trial: str | None) -> TrialSource:
     if trial is None:
         raise UserError("TRIAL", f"give a trial id or config hash of the sweep at {spec.experiment_dir} "
                                  f"(`lth-sweep status {spec.experiment_dir}` lists them)")
-    tolerance = spec.sweep.objective.tolerance
+    objective = spec.sweep.objective
     by_config = storage.join(spec.experiment_dir, "by_config")
     if storage.exists(storage.join(by_config, trial, "engine", "state.pt")):
-        return TrialSource(storage.join(by_config, trial, "engine"), trial, tolerance)
+        return TrialSource(storage.join(by_config, trial, "engine"), trial, objective)
     from lth_sweep.sweep.status import trial_rows  # reads Tune's files; starts no Ray
 
     row = next((r for r in trial_rows(spec.experiment_dir) if r["trial_id"] == trial), None)
@@ -80,7 +80,7 @@ def locate(path: str, trial: str | None) -> TrialSource:
     engine = storage.join(by_config, str(row["config_hash"]), "engine")
     if row["config_hash"] is None or not storage.exists(storage.join(engine, "state.pt")):
         raise UserError("TRIAL", f"trial {trial} has not finished a round yet: no ticket to export")
-    return TrialSource(engine, trial, tolerance)
+    return TrialSource(engine, trial, objective)
 
 
 @contextlib.contextmanager
@@ -104,11 +104,28 @@ def load_file(path: Path, what: str) -> Any:
             from None
 
 
-def default_round(records: list[dict[str, Any]], tolerance: float) -> int:
-    """The sparsest round whose val_acc is within `tolerance` of the dense round's (the winning ticket)."""
-    dense = records[0]["val_acc"]
-    matching = [r for r in records if r["val_acc"] >= dense - tolerance]
-    return min(matching, key=lambda r: (r["density"], r["round"]))["round"]
+def winning_words(objective: ObjectiveConfig) -> str:
+    """How `winning_round` chose, in words."""
+    if objective.name == "best_val_acc":
+        return "the round of the best val_acc, the sweep's objective"
+    if objective.name == "stable_matching_density":
+        return "the sparsest within tolerance of the dense val_acc and stable"
+    return "the sparsest within tolerance of the dense val_acc"
+
+
+def default_round(records: list[dict[str, Any]], objective: ObjectiveConfig, label: str) -> int:
+    """The winning ticket's round, as the objective scores it; a one-line UserError when no round qualifies."""
+    winner = winning_round(records, objective)
+    if winner is not None:
+        return winner["round"]
+    rounds = f"--round R (0..{len(records) - 1})"
+    if dense_did_not_learn(records, objective.min_dense_val_acc):
+        raise UserError("--round", f"{label}'s dense network did not learn (val_acc {records[0]['val_acc']:.4g} < "
+                                   f"objective.min_dense_val_acc {objective.min_dense_val_acc:g}), so no round is a "
+                                   f"winning ticket; name one with {rounds}")
+    raise UserError("--round", f"no round of {label} is both matching and stable (instability <= "
+                               f"objective.instability_bound {objective.instability_bound:g}), so none is a winning "
+                               f"ticket; name one with {rounds}")
 
 
 def replicate_record(record: dict[str, Any], replicate: int) -> dict[str, Any]:
@@ -140,8 +157,9 @@ def build_ticket(source: TrialSource, round_index: int | None, replicate: int) -
             raise UserError("TRIAL", f"{source.label} has not finished a round yet: no ticket to export")
         if state.get("pruned_at") is None:
             raise UserError("TRIAL", f"{source.label} was trained by an older lth-sweep that kept no mask history")
+        chosen = "asked for" if round_index is not None else winning_words(source.objective)
         if round_index is None:
-            round_index = default_round(records, source.tolerance)
+            round_index = default_round(records, source.objective, source.label)
         if not 0 <= round_index < len(records):
             raise UserError("--round", f"{round_index}: allowed are the finished rounds 0..{len(records) - 1}")
         if not 0 <= replicate < config.replicates:
@@ -159,7 +177,8 @@ def build_ticket(source: TrialSource, round_index: int | None, replicate: int) -
     return {"format": TICKET_FORMAT, "state_dict": weights, "masks": masks, "config": config.model_dump(mode="json"),
             "record": replicate_record(records[round_index], replicate), "round": round_index,
             "replicate": replicate, "seed": seed,
-            "source": {"path": source.engine_dir, "trial": source.label, "config_hash": config.config_hash()}}
+            "source": {"path": source.engine_dir, "trial": source.label, "config_hash": config.config_hash(),
+                       "round_chosen": chosen}}
 
 
 def export_ticket(path: str, trial: str | None, out: Path, round_index: int | None = None,

@@ -26,13 +26,21 @@ def dense_did_not_learn(records: list[dict[str, Any]], min_dense_val_acc: float)
     return records[0]["val_acc"] < min_dense_val_acc
 
 
+def matching_rounds(records: list[dict[str, Any]], tolerance: float, min_dense_val_acc: float = 0.0,
+                    bound: float | None = None) -> list[dict[str, Any]]:
+    """The rounds whose val_acc is within `tolerance` of the same trial's dense val_acc (and, given `bound`, whose
+    instability is <= it); none when the dense network did not learn."""
+    if dense_did_not_learn(records, min_dense_val_acc):
+        return []
+    dense = records[0]["val_acc"]
+    return [r for r in records if r["val_acc"] >= dense - tolerance
+            and (bound is None or r.get("instability", math.inf) <= bound)]
+
+
 def matching_density(records: list[dict[str, Any]], tolerance: float, min_dense_val_acc: float = 0.0) -> float:
     """Smallest density whose val_acc is within `tolerance` of the same trial's dense val_acc; 1.0 (no sparsity
     gained) when the dense network did not learn."""
-    if dense_did_not_learn(records, min_dense_val_acc):
-        return 1.0
-    dense = records[0]["val_acc"]
-    return min(r["density"] for r in records if r["val_acc"] >= dense - tolerance)
+    return min((r["density"] for r in matching_rounds(records, tolerance, min_dense_val_acc)), default=1.0)
 
 
 def stable_matching_density(records: list[dict[str, Any]], tolerance: float, bound: float,
@@ -40,11 +48,18 @@ def stable_matching_density(records: list[dict[str, Any]], tolerance: float, bou
     """Smallest density that matches (val_acc within `tolerance` of dense) and is stable (instability <=
     `bound`); 1.0 (the dense network, no sparsity gained) while no round qualifies or when the dense network
     did not learn."""
-    if dense_did_not_learn(records, min_dense_val_acc):
-        return 1.0
-    dense = records[0]["val_acc"]
-    return min((r["density"] for r in records if r["val_acc"] >= dense - tolerance and
-                r.get("instability", math.inf) <= bound), default=1.0)
+    return min((r["density"] for r in matching_rounds(records, tolerance, min_dense_val_acc, bound)), default=1.0)
+
+
+def winning_round(records: list[dict[str, Any]], objective: ObjectiveConfig) -> dict[str, Any] | None:
+    """The round whose ticket the objective scores: the sparsest matching round (and stable, for
+    stable_matching_density), or for best_val_acc the round of the best val_acc (the sparser on a tie); None when
+    no round qualifies (the dense network did not learn, or no round is stable)."""
+    if objective.name == "best_val_acc":
+        return max(records, key=lambda r: (r["val_acc"], -r["density"]))
+    bound = objective.instability_bound if objective.name == "stable_matching_density" else None
+    rounds = matching_rounds(records, objective.tolerance, objective.min_dense_val_acc, bound)
+    return min(rounds, key=lambda r: (r["density"], r["round"]), default=None)
 
 
 def val_acc_at_density(records: list[dict[str, Any]], target: float, final: bool) -> float:
