@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from lth_sweep.report import figures as figs
 from lth_sweep.report.data import RoundRow, SweepData, TrialRow
+from lth_sweep.report.local import top_trials
 from lth_sweep.report.page import TopTrial, render
 from lth_sweep.sweep.objectives import pareto_front
 from lth_sweep.sweep.schema import Distribution, SweepConfig
@@ -215,3 +217,18 @@ def test_a_trial_asha_stopped_says_so_on_the_page(raw_config: dict[str, Any], tm
     assert crosses not in figs.objective_vs_params(sweep_data(raw_config, tmp_path, [done], "matching_density")).caption
     rows = {row.split("</td>")[0].rsplit(">", 1)[-1]: row for row in page.split("<tr>")[1:]}
     assert "<td class='text'>stopped by ASHA</td>" in rows["b"] and "<td class='text'>TERMINATED</td>" in rows["a"]
+
+
+def test_a_best_trial_without_a_winning_ticket_gets_no_default_export_command(raw_config: dict[str, Any],
+                                                                             tmp_path: Path) -> None:
+    """A trial whose dense network stayed at chance has no winning ticket, so `ticket export` without --round
+    exits 2: the report's command for it names --round and says why; a trial that learned gets the plain one."""
+    trials = [trial("learned", 0.2, [record(0, 1.0, 0.90, None), record(1, 0.8, 0.90, None)]),
+              trial("chance", 0.5, [record(0, 1.0, 0.10, None), record(1, 0.5, 0.10, None)])]
+    data = dataclasses.replace(sweep_data(raw_config, tmp_path, trials, "matching_density"), best=trials)
+    learned, chance = top_trials(data, tmp_path / "report")
+    assert learned.ticket_command == shlex.join(["lth-sweep", "ticket", "export", str(tmp_path), "learned", "--out",
+                                                 str(tmp_path / "report" / "tickets" / "learned.pt")])
+    assert chance.ticket_command.startswith(f"lth-sweep ticket export {tmp_path} chance --out ")
+    assert chance.ticket_command.endswith(" --round R  # no winning ticket: its dense network did not learn "
+                                          "(val_acc 0.1 < objective.min_dense_val_acc 0.15)")

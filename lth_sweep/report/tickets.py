@@ -31,7 +31,7 @@ from lth_sweep.engine.lottery import PER_REPLICATE_METRICS, Trial, masks_of_roun
 from lth_sweep.engine.models import build_model
 from lth_sweep.engine.population import Population
 from lth_sweep.errors import UserError
-from lth_sweep.sweep.objectives import dense_did_not_learn, winning_round
+from lth_sweep.sweep.objectives import no_winning_round, winning_round
 from lth_sweep.sweep.schema import ObjectiveConfig
 from lth_sweep.sweep.spec import SPEC_FILE, load_spec
 
@@ -118,14 +118,8 @@ def default_round(records: list[dict[str, Any]], objective: ObjectiveConfig, lab
     winner = winning_round(records, objective)
     if winner is not None:
         return winner["round"]
-    rounds = f"--round R (0..{len(records) - 1})"
-    if dense_did_not_learn(records, objective.min_dense_val_acc):
-        raise UserError("--round", f"{label}'s dense network did not learn (val_acc {records[0]['val_acc']:.4g} < "
-                                   f"objective.min_dense_val_acc {objective.min_dense_val_acc:g}), so no round is a "
-                                   f"winning ticket; name one with {rounds}")
-    raise UserError("--round", f"no round of {label} is both matching and stable (instability <= "
-                               f"objective.instability_bound {objective.instability_bound:g}), so none is a winning "
-                               f"ticket; name one with {rounds}")
+    raise UserError("--round", f"{label}: {no_winning_round(records, objective)}, so no round is a winning ticket; "
+                               f"name one with --round R (0..{len(records) - 1})")
 
 
 def replicate_record(record: dict[str, Any], replicate: int) -> dict[str, Any]:

@@ -62,6 +62,15 @@ def winning_round(records: list[dict[str, Any]], objective: ObjectiveConfig) -> 
     return min(rounds, key=lambda r: (r["density"], r["round"]), default=None)
 
 
+def no_winning_round(records: list[dict[str, Any]], objective: ObjectiveConfig) -> str:
+    """Why `winning_round` found none, in words."""
+    if dense_did_not_learn(records, objective.min_dense_val_acc):
+        return (f"its dense network did not learn (val_acc {records[0]['val_acc']:.4g} < objective.min_dense_val_acc "
+                f"{objective.min_dense_val_acc:g})")
+    return f"no round is both matching and stable (instability <= objective.instability_bound " \
+           f"{objective.instability_bound:g})"
+
+
 def val_acc_at_density(records: list[dict[str, Any]], target: float, final: bool) -> float:
     """val_acc at `target` density, interpolated linearly in log-density between the rounds around it.
 
