@@ -44,10 +44,10 @@ def top_trials(data: SweepData, out_dir: Path) -> list[TopTrial]:
     """The best trials, each with its experiment file written into `out_dir/experiments/` and the commands
     that export its ticket and rerun it."""
     rows = []
+    objective = data.spec.sweep.objective
     for rank, trial in enumerate(data.best, 1):
         experiment = out_dir / "experiments" / f"{trial.trial_id}.yaml"
         write_text(experiment, dump_yaml(data.spec.trial_config(trial.params)))
-        objective = data.spec.sweep.objective
         ticket = shlex.join(["lth-sweep", "ticket", "export", data.experiment_dir, trial.trial_id, "--out",
                              str(out_dir / "tickets" / f"{trial.trial_id}.pt")])
         if winning_round(trial.records, objective) is None:
