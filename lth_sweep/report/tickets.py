@@ -31,7 +31,7 @@ from lth_sweep.engine.lottery import PER_REPLICATE_METRICS, Trial, masks_of_roun
 from lth_sweep.engine.models import build_model
 from lth_sweep.engine.population import Population
 from lth_sweep.errors import UserError
-from lth_sweep.sweep.objectives import no_winning_round, winning_round
+from lth_sweep.sweep.objectives import no_winning_round, winning_round, winning_words
 from lth_sweep.sweep.schema import ObjectiveConfig
 from lth_sweep.sweep.spec import SPEC_FILE, load_spec
 
@@ -102,15 +102,6 @@ def load_file(path: Path, what: str) -> Any:
     except Exception as err:  # noqa: BLE001 - any unreadable file is one line naming it
         raise UserError(what, f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]})") \
             from None
-
-
-def winning_words(objective: ObjectiveConfig) -> str:
-    """How `winning_round` chose, in words."""
-    if objective.name == "best_val_acc":
-        return "the round of the best val_acc, the sweep's objective"
-    if objective.name == "stable_matching_density":
-        return "the sparsest within tolerance of the dense val_acc and stable"
-    return "the sparsest within tolerance of the dense val_acc"
 
 
 def default_round(records: list[dict[str, Any]], objective: ObjectiveConfig, label: str) -> int:

@@ -14,10 +14,15 @@ from lth_sweep.sweep.schema import ObjectiveConfig
 BEST_BY_VAL_KEYS = ("round", "density", "val_acc", "test_acc", "test_acc_at_early_stop")
 
 
+def best_val_round(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the best val_acc (the sparser one on a tie)."""
+    return max(records, key=lambda r: (r["val_acc"], -r["density"]))
+
+
 def best_by_validation(records: list[dict[str, Any]]) -> dict[str, float]:
     """The round with the best val_acc so far (the sparser one on a tie), as best_by_val_* values: the
     honest way to quote one test number for a trial (test accuracy itself is never maximized over rounds)."""
-    best = max(records, key=lambda r: (r["val_acc"], -r["density"]))
+    best = best_val_round(records)
     return {f"best_by_val_{key}": best[key] for key in BEST_BY_VAL_KEYS}
 
 
@@ -56,10 +61,19 @@ def winning_round(records: list[dict[str, Any]], objective: ObjectiveConfig) -> 
     stable_matching_density), or for best_val_acc the round of the best val_acc (the sparser on a tie); None when
     no round qualifies (the dense network did not learn, or no round is stable)."""
     if objective.name == "best_val_acc":
-        return max(records, key=lambda r: (r["val_acc"], -r["density"]))
+        return best_val_round(records)
     bound = objective.instability_bound if objective.name == "stable_matching_density" else None
     rounds = matching_rounds(records, objective.tolerance, objective.min_dense_val_acc, bound)
     return min(rounds, key=lambda r: (r["density"], r["round"]), default=None)
+
+
+def winning_words(objective: ObjectiveConfig) -> str:
+    """How `winning_round` chose, in words."""
+    if objective.name == "best_val_acc":
+        return "the round of the best val_acc, the sweep's objective"
+    if objective.name == "stable_matching_density":
+        return "the sparsest within tolerance of the dense val_acc and stable"
+    return "the sparsest within tolerance of the dense val_acc"
 
 
 def no_winning_round(records: list[dict[str, Any]], objective: ObjectiveConfig) -> str:
