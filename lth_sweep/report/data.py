@@ -125,7 +125,8 @@ class SweepData:
     @property
     def replicates_text(self) -> str:
         """'3', or '1–3' when the trials train different numbers of replicates."""
-        low, high = min(self.replicate_counts()), max(self.replicate_counts())
+        counts = self.replicate_counts()
+        low, high = min(counts), max(counts)
         return str(high) if low == high else f"{low}–{high}"
 
     @property
