@@ -8,6 +8,7 @@ raises once and is retried from its checkpoint.
 
 from __future__ import annotations
 
+import csv
 import math
 import shutil
 from collections import Counter
@@ -187,6 +188,29 @@ def test_status_and_report_name_an_unreadable_tune_snapshot(sweep: h.Sweep, tmp_
         snapshot.unlink()
     result = h.run_cli("status", copy, cwd=sweep.cwd, env=sweep.env, timeout=120)
     assert result.returncode == 0 and "warning" not in result.stderr, result.explain()
+
+
+def test_status_and_report_keep_the_rounds_before_a_damaged_line_of_rounds_jsonl(
+        sweep: h.Sweep, tmp_path: Path, cli_here: Any) -> None:
+    """A config's rounds.jsonl cut off in its last line (a bad copy): before, a JSONDecodeError traceback from both
+    commands. Now one warning line names the file, and the config keeps the rounds before the damaged line."""
+    copy = tmp_path / "imp"
+    shutil.copytree(sweep.dir, copy)
+    damaged = sorted(copy.glob("by_config/*/engine/rounds.jsonl"))[0]
+    lines = damaged.read_text().splitlines()
+    damaged.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    report = tmp_path / "report"
+    for command in (("status", copy), ("report", copy, "--out", report)):
+        result = cli_here(*command)
+        assert result.returncode == 0, result
+        warnings = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(warnings) == 1 and str(damaged) in warnings[0] and f"line {len(lines)}" in warnings[0], result
+    with (report / "rounds.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    config_hash = damaged.parent.parent.name
+    assert [int(r["round"]) for r in rows if r["config_hash"] == config_hash] == list(range(len(lines) - 1))
+    intact = sum(len(p.read_text().splitlines()) for p in copy.glob("by_config/*/engine/rounds.jsonl")) - 1
+    assert len(rows) == intact, "every other config keeps all its rounds"
 
 
 def test_launching_the_same_name_again_exits_2_and_leaves_it_alone(sweep: h.Sweep) -> None:

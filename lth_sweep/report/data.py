@@ -3,15 +3,13 @@ Reads files only; works on a finished sweep and on one that is still running (or
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from lth_sweep import storage
 from lth_sweep.sweep.schema import Distribution
 from lth_sweep.sweep.spec import LaunchSpec, load_spec
-from lth_sweep.sweep.status import sweep_status
+from lth_sweep.sweep.status import round_records, sweep_status
 
 
 @dataclass(frozen=True)
@@ -147,22 +145,13 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_records(experiment_dir: str, config_hash: str | None) -> list[dict[str, Any]]:
-    if config_hash is None:
-        return []
-    path = storage.join(experiment_dir, "by_config", config_hash, "engine", "rounds.jsonl")
-    if not storage.exists(path):
-        return []
-    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
-
-
 def load_sweep_data(path: str) -> SweepData:
     """The sweep at `path` (a folder or URI), as `lth-sweep status` sees it, with every trial's rounds."""
     spec = load_spec(path)
     status = sweep_status(path)
     trials = []
     for row in status["trials"]:
-        records = read_records(status["experiment_dir"], row["config_hash"])
+        records = round_records(status["experiment_dir"], row["config_hash"], [])  # status warned already
         trials.append(TrialRow(trial_id=row["trial_id"], state=row["state"], params=row["params"],
                                stopped_early=row["stopped_early"],
                                config_hash=row["config_hash"], objective=row["objective"],

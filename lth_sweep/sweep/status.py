@@ -16,6 +16,7 @@ SNAPSHOT_PREFIX = "experiment_state-"  # Tune's experiment snapshot, one per dri
 # Tune's snapshots record a RUNNING trial as PENDING (so that a restore starts it again): one with rounds done is
 # training now, or was when its driver stopped, and `resume` continues it
 IN_PROGRESS = "IN_PROGRESS"
+RECORD_KEYS = {"round", "density", "val_acc"}  # what every reader of a round record needs
 
 
 def tune_analysis(experiment_dir: str) -> tuple[Any, str | None]:
@@ -61,20 +62,35 @@ def trial_rows(experiment_dir: str, warnings: list[str] | None = None) -> list[d
     return rows
 
 
-def round_points(experiment_dir: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every finished round of every trial (from the by-config engine state), for the Pareto front."""
-    points = []
-    for row in rows:
-        if row["config_hash"] is None:
+def round_records(experiment_dir: str, config_hash: str | None, warnings: list[str]) -> list[dict[str, Any]]:
+    """A config's finished rounds, from its engine's `rounds.jsonl`. The file is written atomically, so a line
+    that cannot be read means it was damaged: the rounds before it are kept, and `warnings` says which file."""
+    if config_hash is None:
+        return []
+    path = storage.join(experiment_dir, "by_config", config_hash, "engine", "rounds.jsonl")
+    if not storage.exists(path):
+        return []
+    records = []
+    for number, line in enumerate(storage.read_text(path).splitlines(), 1):
+        if not line.strip():
             continue
-        path = storage.join(experiment_dir, "by_config", row["config_hash"], "engine", "rounds.jsonl")
-        if not storage.exists(path):
-            continue
-        for line in storage.read_text(path).splitlines():
+        try:
             record = json.loads(line)
-            points.append({"trial_id": row["trial_id"], "round": record["round"], "density": record["density"],
-                           "val_acc": record["val_acc"], "test_acc": record["test_acc"]})
-    return points
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not RECORD_KEYS <= record.keys():
+            warnings.append(f"{path}: line {number} cannot be read (truncated or corrupt), so the config's rounds "
+                            f"from there on are left out; its state.pt still holds them")
+            break
+        records.append(record)
+    return records
+
+
+def round_points(experiment_dir: str, rows: list[dict[str, Any]], warnings: list[str]) -> list[dict[str, Any]]:
+    """Every finished round of every trial (from the by-config engine state), for the Pareto front."""
+    return [{"trial_id": row["trial_id"], "round": record["round"], "density": record["density"],
+             "val_acc": record["val_acc"], "test_acc": record.get("test_acc")}
+            for row in rows for record in round_records(experiment_dir, row["config_hash"], warnings)]
 
 
 def sweep_status(path: str, top: int = 5) -> dict[str, Any]:
@@ -101,5 +117,5 @@ def sweep_status(path: str, top: int = 5) -> dict[str, Any]:
                   and isinstance(r["objective"], int | float) and not math.isnan(r["objective"])]
         scored.sort(key=lambda r: r["objective"], reverse=modes[0] == "max")
         status["best"] = scored[:top]
-    status["pareto"] = pareto_front(round_points(experiment_dir, rows))
+    status["pareto"] = pareto_front(round_points(experiment_dir, rows, warnings))
     return status
