@@ -57,8 +57,7 @@ def write_failure(path: Path, err: BaseException) -> RunFailure | None:
         if not full:
             return None
         reason = "no space left on device"
-    return RunFailure(path, f"could not be written ({reason}); once that is fixed, run the same command again "
-                            "to resume")
+    return RunFailure(path, f"could not be written ({reason}); once that is fixed, run the same command again")
 
 
 def fsync_dir(directory: Path) -> None:

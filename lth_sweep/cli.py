@@ -130,7 +130,7 @@ def run_ticket(path: Path, out: Path | None) -> None:
 
     retraining = Retraining(path, out, on_round=lambda record: click.echo(round_row(record)))
     ticket = retraining.ticket
-    click.echo(f"# ticket {path}: round {ticket['round']} of config {retraining.config.config_hash()} (replicate "
+    click.echo(f"# ticket {path}: round {ticket['round']} of config {retraining.trial_hash} (replicate "
                f"{ticket['replicate']}, seed {ticket['seed']}), density {ticket['record']['density']:.4f}, "
                f"one round from its rewind weights under its masks -> {retraining.out}")
     click.echo(round_header())

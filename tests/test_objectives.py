@@ -9,6 +9,7 @@ import pytest
 
 from lth_sweep.sweep.objectives import (
     matching_density,
+    no_winning_round,
     objective_value,
     pareto_front,
     val_acc_at_density,
@@ -97,6 +98,19 @@ def test_no_winning_round_when_the_dense_network_did_not_learn_or_none_is_stable
     assert winning_round(at_chance, ObjectiveConfig(name="stable_matching_density")) is None
     assert winning_round(unstable, ObjectiveConfig(name="stable_matching_density")) is None
     assert winning_round(unstable, ObjectiveConfig(name="matching_density"))["round"] == 3
+
+
+@pytest.mark.parametrize("name", ["matching_density", "stable_matching_density"])
+def test_the_dense_network_matching_itself_is_no_winning_ticket(name: str) -> None:
+    """Every pruned round is below the tolerance: only round 0 'matches' (itself). Before, `ticket export` took
+    the dense network as the winning ticket, with exit 0; the objective says 1.0, no sparsity gained."""
+    lost = [{**r, "instability": 0.0} for r in rounds((1.0, 0.90), (0.5, 0.85), (0.25, 0.60))]
+    objective = ObjectiveConfig(name=name, tolerance=0.01)
+    assert objective_value(lost, objective) == 1.0
+    assert winning_round(lost, objective) is None
+    assert no_winning_round(lost, objective).startswith("no pruned round is within objective.tolerance 0.01")
+    best = winning_round(rounds((1.0, 0.90), (0.5, 0.85)), ObjectiveConfig(name="best_val_acc"))
+    assert best["round"] == 0, "best_val_acc scores the best round, and the dense one can be it"
 
 
 # ------------------------------------------------------------------------------------ val_acc_at_density

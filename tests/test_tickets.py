@@ -21,6 +21,7 @@ import pytest
 import sweep_helpers as h
 import torch
 from conftest import CliResult, main_here, read_rounds
+from test_failures import tmpfs
 
 from lth_sweep import storage
 from lth_sweep.checkpoint import load_torch, save_torch
@@ -145,7 +146,8 @@ def test_default_round_is_the_sparsest_within_tolerance(run_dir: Path, tmp_path:
     records = read_rounds(run_dir)
     dense = records[0]["val_acc"]
     for tolerance in (0.01, 0.0, 0.5):  # 0.5: every round matches
-        expected = min((r for r in records if r["val_acc"] >= dense - tolerance), key=lambda r: r["density"])
+        expected = min((r for r in records if r["val_acc"] >= dense - tolerance and r["density"] < 1),
+                       key=lambda r: r["density"])
         source = TrialSource(str(run_dir), "run", ObjectiveConfig(tolerance=tolerance))
         assert build_ticket(source, None, 0)["round"] == expected["round"], tolerance
     ticket = export_ticket(str(run_dir), None, tmp_path / "t.pt")
@@ -229,6 +231,40 @@ def test_bad_input_is_refused(capsys: pytest.CaptureFixture[str], run_dir: Path,
     assert_user_error(main_here(capsys, "run", "--ticket", garbage, "--out", tmp_path / "r"), "--ticket", str(garbage))
     assert_user_error(main_here(capsys, "run", write_config(), "--ticket", garbage), "--ticket")
     assert not out.exists() and not (tmp_path / "r").exists()
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_anything_runs(
+        capsys: pytest.CaptureFixture[str], run_dir: Path, tmp_path: Path) -> None:
+    """A read-only --out, or one below a file: exit 2 naming --out, before any file is read or written. Before,
+    `ticket export` and `run --ticket` tried, then failed with exit 1 ("file exists" for a path below a file)."""
+    ticket = tmp_path / "t.pt"
+    export_ticket(str(run_dir), None, ticket, 1)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with tmpfs(tmp_path / "ro", "64k", read_only=True) as read_only:
+        for args, words in [(("ticket", "export", run_dir, "--out", read_only / "t.pt"), ("read-only",)),
+                            (("ticket", "export", run_dir, "--out", a_file / "t.pt"), (str(a_file), "not a folder")),
+                            (("run", "--ticket", ticket, "--out", read_only / "r"), ("read-only",)),
+                            (("run", "--ticket", ticket, "--out", a_file / "r"), (str(a_file), "not a folder"))]:
+            result = main_here(capsys, *args)
+            assert_user_error(result, "--out", *words)
+            assert result.stdout == ""
+        assert list(read_only.iterdir()) == []
+    assert a_file.read_text() == "mine"
+
+
+def test_run_ticket_names_the_trials_config_hash(capsys: pytest.CaptureFixture[str], run_dir: Path,
+                                                 tmp_path: Path) -> None:
+    """The retraining's own config has no control (it trains the ticket only), so its hash is not the trial's.
+    Before, `run --ticket` printed that hash, which `status` and by_config/ never show."""
+    ticket = export_ticket(str(run_dir), None, tmp_path / "t.pt", 1)
+    ticket["config"]["control"] = "reinit"  # as exported from a trial with a control
+    trial_hash = build_experiment(ticket["config"]).config_hash()
+    ticket["source"]["config_hash"] = trial_hash
+    torch.save(ticket, tmp_path / "with_control.pt")
+    result = main_here(capsys, "run", "--ticket", tmp_path / "with_control.pt", "--out", tmp_path / "r")
+    assert result.returncode == 0, result
+    assert f"round 1 of config {trial_hash} " in result.stdout.splitlines()[0], result.stdout
 
 
 def test_retraining_refuses_a_folder_holding_something_else(run_dir: Path, tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from lth_sweep.engine.data import load_dataset
 from lth_sweep.engine.lottery import PER_REPLICATE_METRICS, Trial, masks_of_round
 from lth_sweep.engine.models import build_model
 from lth_sweep.engine.population import Population
-from lth_sweep.errors import UserError
+from lth_sweep.errors import CorruptFile, UserError
 from lth_sweep.sweep.objectives import no_winning_round, winning_round, winning_words
 from lth_sweep.sweep.schema import ObjectiveConfig
 from lth_sweep.sweep.spec import SPEC_FILE, load_spec
@@ -95,13 +95,13 @@ def local_copy(location: str) -> Iterator[Path]:
 
 
 def load_file(path: Path, what: str) -> Any:
+    """A file this command only reads: missing or unreadable is one line naming it (never "delete it")."""
     try:
         return load_torch(path)
     except FileNotFoundError:
         raise UserError(what, f"{path} is missing") from None
-    except Exception as err:  # noqa: BLE001 - any unreadable file is one line naming it
-        raise UserError(what, f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]})") \
-            from None
+    except CorruptFile as err:
+        raise UserError(what, f"{path} cannot be read, it is truncated or corrupt ({err.reason})") from None
 
 
 def default_round(records: list[dict[str, Any]], objective: ObjectiveConfig, label: str) -> int:
@@ -136,7 +136,7 @@ def initialization(config: ExperimentConfig, seed: int) -> dict[str, torch.Tenso
 def build_ticket(source: TrialSource, round_index: int | None, replicate: int) -> dict[str, Any]:
     with local_copy(source.engine_dir) as engine:
         config = load_experiment(engine / "config.yaml")
-        state = load_file(engine / "state.pt", "TRIAL")
+        state = load_file(engine / "state.pt", "PATH")
         records = state.get("records") or []
         if not records:
             raise UserError("TRIAL", f"{source.label} has not finished a round yet: no ticket to export")
@@ -156,7 +156,7 @@ def build_ticket(source: TrialSource, round_index: int | None, replicate: int) -
         if round_index == 0 and not rewinds_at_init:
             weights = initialization(config, seed)
         else:
-            weights = {n: t[replicate].clone() for n, t in load_file(engine / "rewind.pt", "TRIAL").items()}
+            weights = {n: t[replicate].clone() for n, t in load_file(engine / "rewind.pt", "PATH").items()}
     for name, mask in masks.items():
         weights[name] = weights[name] * mask
     return {"format": TICKET_FORMAT, "state_dict": weights, "masks": masks, "config": config.model_dump(mode="json"),
@@ -171,11 +171,9 @@ def export_ticket(path: str, trial: str | None, out: Path, round_index: int | No
     """Writes the ticket of TRIAL at `path` to `out`; returns it."""
     if out.is_dir():
         raise UserError("--out", f"{out} is a folder; give the ticket's file name (for example ticket.pt)")
+    storage.check_folder(out.parent, "--out")
     ticket = build_ticket(locate(path, trial), round_index, replicate)
-    try:
-        save_torch(out, ticket)
-    except OSError as err:
-        raise UserError("--out", f"cannot write {out} ({err.strerror or err})") from None
+    save_torch(out, ticket)  # a disk that fills now: one line naming the file, exit 1
     return ticket
 
 
@@ -213,11 +211,15 @@ class Retraining:
         self.ticket = load_ticket(path)
         self.path = path
         self.config = ticket_config(self.ticket)
+        # the hash of the ticket's trial, as `status` and by_config/ name it (the retraining's own config differs:
+        # no control, rounds up to the ticket's)
+        self.trial_hash = build_experiment(self.ticket["config"], prefix="--ticket config").config_hash()
         self.replicate = self.ticket["replicate"]
         round_index = self.ticket["round"]
-        self.out = out or Path("runs") / f"ticket-{self.config.config_hash()}-round{round_index}-r{self.replicate}"
+        self.out = out or Path("runs") / f"ticket-{self.trial_hash}-round{round_index}-r{self.replicate}"
         identity = f"config {self.config.config_hash()}, round {round_index}, replicate {self.replicate}\n"
         identity_file = self.out / "ticket.txt"
+        storage.check_folder(self.out, "--out")
         if self.out.exists() and any(self.out.iterdir()) and not (
                 identity_file.is_file() and identity_file.read_text() == identity):
             raise UserError("--out", f"{self.out} holds something else than a retraining of this ticket; "

@@ -56,14 +56,19 @@ def stable_matching_density(records: list[dict[str, Any]], tolerance: float, bou
     return min((r["density"] for r in matching_rounds(records, tolerance, min_dense_val_acc, bound)), default=1.0)
 
 
+def pruned(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rounds with weights pruned: the dense network matching itself is no winning ticket."""
+    return [r for r in records if r["density"] < 1.0]
+
+
 def winning_round(records: list[dict[str, Any]], objective: ObjectiveConfig) -> dict[str, Any] | None:
-    """The round whose ticket the objective scores: the sparsest matching round (and stable, for
+    """The round whose ticket the objective scores: the sparsest pruned round that matches (and is stable, for
     stable_matching_density), or for best_val_acc the round of the best val_acc (the sparser on a tie); None when
-    no round qualifies (the dense network did not learn, or no round is stable)."""
+    no round qualifies (the dense network did not learn, no pruned round matches, or none is stable)."""
     if objective.name == "best_val_acc":
         return best_val_round(records)
     bound = objective.instability_bound if objective.name == "stable_matching_density" else None
-    rounds = matching_rounds(records, objective.tolerance, objective.min_dense_val_acc, bound)
+    rounds = pruned(matching_rounds(records, objective.tolerance, objective.min_dense_val_acc, bound))
     return min(rounds, key=lambda r: (r["density"], r["round"]), default=None)
 
 
@@ -81,7 +86,10 @@ def no_winning_round(records: list[dict[str, Any]], objective: ObjectiveConfig) 
     if dense_did_not_learn(records, objective.min_dense_val_acc):
         return (f"its dense network did not learn (val_acc {records[0]['val_acc']:.4g} < objective.min_dense_val_acc "
                 f"{objective.min_dense_val_acc:g})")
-    return f"no round is both matching and stable (instability <= objective.instability_bound " \
+    if not pruned(matching_rounds(records, objective.tolerance, objective.min_dense_val_acc)):
+        return (f"no pruned round is within objective.tolerance {objective.tolerance:g} of its dense val_acc "
+                f"{records[0]['val_acc']:.4g}")
+    return f"no pruned round is both matching and stable (instability <= objective.instability_bound " \
            f"{objective.instability_bound:g})"
 
 
