@@ -169,7 +169,7 @@ def test_a_pareto_sweep_names_its_red_trial_and_has_no_objective_column(pareto_s
     assert "sparsest trial on the Pareto front in red" in figure.caption and "best" not in figure.caption
     top = [TopTrial(1, pareto_sweep.best[0], "e.yaml", "lth-sweep ticket export", "lth-sweep run")]
     page = render(pareto_sweep, [], top, "rounds.csv")
-    assert "id='top-trials'" in page and "<th>val_acc</th>" in page and "<th>objective</th>" not in page
+    assert "id='top-trials'" in page and "<th>its val_acc</th>" in page and "<th>objective</th>" not in page
 
 
 @pytest.mark.parametrize("searched", [False, True], ids=["fixed", "searched"])
@@ -232,3 +232,30 @@ def test_a_best_trial_without_a_winning_ticket_gets_no_default_export_command(ra
     assert chance.ticket_command.startswith(f"lth-sweep ticket export {tmp_path} chance --out ")
     assert chance.ticket_command.endswith(" --round R  # no winning ticket: its dense network did not learn "
                                           "(val_acc 0.1 < objective.min_dense_val_acc 0.15)")
+
+
+def test_the_tables_and_the_plot_show_each_trials_winning_ticket(raw_config: dict[str, Any], tmp_path: Path) -> None:
+    """The page used to show only the last round's density ("density reached") beside the objective, and the plot
+    no ticket: a reader took the sparsest round for the winning ticket. Trial "a" matches its dense val_acc (0.90,
+    tolerance 0.01) down to round 2 and pruned on to round 3; trial "b" never matches below the dense network."""
+    a = trial("a", 0.2, [record(0, 1.0, 0.90, None), record(1, 0.8, 0.905, None), record(2, 0.64, 0.891, None),
+                         record(3, 0.512, 0.80, None)])
+    b = trial("b", 0.5, [record(0, 1.0, 0.90, None), record(1, 0.5, 0.85, None)])
+    data = dataclasses.replace(sweep_data(raw_config, tmp_path, [a, b], "matching_density"), best=[a, b])
+    page = render(data, [], top_trials(data, tmp_path / "report"), "rounds.csv")
+    for table in ("top-trials", "trials"):
+        rows = {row.split("</td>")[1].rsplit(">", 1)[-1] if table == "top-trials" else
+                row.split("</td>")[0].rsplit(">", 1)[-1]: row
+                for row in page.split(f"<table id='{table}'>")[1].split("</table>")[0].split("<tr")[2:]}
+        assert "<td>64% (round 2)</td><td>0.891</td><td>0.871</td><td>51.2%</td>" in rows["a"], rows["a"]
+        assert "no pruned round is within objective.tolerance 0.01" in rows["b"] and ">none</td>" in rows["b"]
+    figure = figs.lottery_ticket(data)
+    stars = {(d.axes, d.trial_id): (d.x, d.y) for d in figure.series if d.kind == "winner"}
+    assert stars == {("val_acc", "a"): ([64.0], [0.891]), ("test_acc_at_early_stop", "a"): ([64.0], [0.871])}
+    (tolerance,) = [d for d in figure.series if d.kind == "tolerance"]
+    assert tolerance.axes == "val_acc" and tolerance.y == [pytest.approx(0.89)]
+    assert "a star marks each trial's winning ticket" in figure.caption
+    best_val = figs.lottery_ticket(dataclasses.replace(data, spec=data.spec.model_copy(update={
+        "sweep": data.spec.sweep.model_copy(update={"objective": data.spec.sweep.objective.model_copy(
+            update={"name": "best_val_acc"})})})))
+    assert not [d for d in best_val.series if d.kind == "tolerance"], "no tolerance line when nothing is matched"

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lth_sweep.sweep.objectives import no_winning_round, winning_round
 from lth_sweep.sweep.schema import Distribution
 from lth_sweep.sweep.spec import LaunchSpec, load_spec
 from lth_sweep.sweep.status import round_records, sweep_status
@@ -67,6 +68,7 @@ class TrialRow:
 
     @property
     def density_reached(self) -> float | None:
+        """How far the trial pruned: its last round's density (not its winning ticket's)."""
         return self.rounds[-1].density if self.rounds else None
 
 
@@ -126,6 +128,16 @@ class SweepData:
         counts = self.replicate_counts()
         low, high = min(counts), max(counts)
         return str(high) if low == high else f"{low}–{high}"
+
+    def winning_ticket(self, trial: TrialRow) -> RoundRow | None:
+        """The trial's winning ticket (a round), as the sweep's objective scores it; None before its first round
+        or when no round qualifies."""
+        record = winning_round(trial.records, self.spec.sweep.objective) if trial.records else None
+        return RoundRow.from_record(record) if record else None
+
+    def no_ticket_reason(self, trial: TrialRow) -> str:
+        """Why a trial with rounds has no winning ticket, in words."""
+        return no_winning_round(trial.records, self.spec.sweep.objective)
 
     @property
     def with_rounds(self) -> list[TrialRow]:

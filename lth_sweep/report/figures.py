@@ -164,6 +164,12 @@ def draw_metric(ax, axes_name: str, data: SweepData, metric: Callable[[RoundRow]
                           linewidth=style["linewidth"], zorder=style["zorder"], alpha=style["alpha"],
                           label=style["label"])
         drawn.append(read_line(axes_name, line, trial.trial_id, "ticket"))
+        winner = data.winning_ticket(trial)
+        if winner is not None and dense:
+            point = (winner.percent_remaining, metric(winner).ticket)
+            ax.scatter(*point, marker="*", s=150 if style["extras"] else 90, color=style["color"],
+                       edgecolors="white", linewidths=0.6, zorder=style["zorder"] + 1, alpha=style["alpha"])
+            drawn.append(Drawn(axes_name, "winning ticket", trial.trial_id, "winner", [point[0]], [float(point[1])]))
         if not style["extras"]:
             continue
         if any(v.ticket_std is not None for v in values):
@@ -184,14 +190,30 @@ def draw_metric(ax, axes_name: str, data: SweepData, metric: Callable[[RoundRow]
                           label=f"dense ({best.trial_id})")
         drawn.append(Drawn(axes_name, str(line.get_label()), best.trial_id, "dense",
                            [], [float(dense_value)], ":"))
+        tolerance = matching_tolerance(data)
+        if axes_name == "val_acc" and tolerance is not None:
+            line = ax.axhline(dense_value - tolerance, color="#888888", linestyle="-.", linewidth=0.9, zorder=1,
+                              label=f"dense − tolerance ({tolerance:g})")
+            drawn.append(Drawn(axes_name, str(line.get_label()), best.trial_id, "tolerance",
+                               [], [float(dense_value - tolerance)], "-."))
     percent_axis(ax, [r.percent_remaining for t in trials for r in t.rounds])
 
 
-def legend(fig, ax, data: SweepData) -> None:
-    """One legend for the figure, outside its axes on the right, with the control and band keys."""
+def matching_tolerance(data: SweepData) -> float | None:
+    """The objective's tolerance below the dense val_acc when it scores matching rounds, else None."""
+    objective = data.spec.sweep.objective
+    return objective.tolerance if objective.name in ("matching_density", "stable_matching_density") else None
+
+
+def legend(fig, ax, data: SweepData, winners: bool = False) -> None:
+    """One legend for the figure, outside its axes on the right, with the control and band keys (and the winning
+    tickets' star, when `winners`)."""
     from matplotlib.lines import Line2D
 
     handles, labels = ax.get_legend_handles_labels()
+    if winners and any(data.winning_ticket(t) for t in data.with_rounds):
+        handles.append(Line2D([], [], color="#444444", marker="*", markersize=10, linestyle="none"))
+        labels.append("winning ticket")
     if data.control:
         handles.append(Line2D([], [], color="#444444", linestyle="--", marker="x", markersize=3))
         labels.append(f"control: {data.control} (dashed)")
@@ -225,10 +247,16 @@ def lottery_ticket(data: SweepData) -> Figure | None:
         draw_metric(right, "val_acc", data, lambda r: r.val_acc, drawn)
         right.set_ylabel("Validation accuracy")
         right.set_title("Validation accuracy at the end of each round")
-        legend(fig, left, data)
+        legend(fig, right, data, winners=True)  # the right axes also hold the tolerance line
+        tolerance = matching_tolerance(data)
         return Figure("lottery_ticket.png", "Accuracy against sparsity",
                       f"One line per trial (one IMP run, each round a point); {best_words(data)[1]} in red; "
-                      "the dotted line is its dense network" + control_caption(data)
+                      "a star marks each trial's winning ticket (the round `ticket export` takes); "
+                      "the dotted line is its dense network"
+                      + ("" if tolerance is None else ", the dash-dotted one its dense val_acc less "
+                                                      f"objective.tolerance {tolerance:g} (a round on or above it "
+                                                      "matches)")
+                      + control_caption(data)
                       + (f"; bands are ±1 std over {data.replicates_text} replicates" if data.replicates > 1 else "")
                       + ".", to_png(fig), drawn, inches(fig))
 

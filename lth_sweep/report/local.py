@@ -14,7 +14,6 @@ from lth_sweep.config import dump_yaml
 from lth_sweep.report.data import SweepData, load_sweep_data
 from lth_sweep.report.figures import Figure, all_figures
 from lth_sweep.report.page import TopTrial, render
-from lth_sweep.sweep.objectives import no_winning_round, winning_round
 
 CSV_NAME = "rounds.csv"
 CSV_KEYS = ["trial_id", "config_hash", "round", "density", "val_acc", "val_acc_std", "test_acc",
@@ -44,14 +43,13 @@ def top_trials(data: SweepData, out_dir: Path) -> list[TopTrial]:
     """The best trials, each with its experiment file written into `out_dir/experiments/` and the commands
     that export its ticket and rerun it."""
     rows = []
-    objective = data.spec.sweep.objective
     for rank, trial in enumerate(data.best, 1):
         experiment = out_dir / "experiments" / f"{trial.trial_id}.yaml"
         write_text(experiment, dump_yaml(data.spec.trial_config(trial.params)))
         ticket = shlex.join(["lth-sweep", "ticket", "export", data.experiment_dir, trial.trial_id, "--out",
                              str(out_dir / "tickets" / f"{trial.trial_id}.pt")])
-        if winning_round(trial.records, objective) is None:
-            ticket = f"{ticket} --round R  # no winning ticket: {no_winning_round(trial.records, objective)}"
+        if data.winning_ticket(trial) is None:
+            ticket = f"{ticket} --round R  # no winning ticket: {data.no_ticket_reason(trial)}"
         rerun = shlex.join(["lth-sweep", "run", str(experiment), "--out", f"runs/{data.name}-{trial.trial_id}"])
         rows.append(TopTrial(rank, trial, str(experiment), ticket, rerun))
     return rows

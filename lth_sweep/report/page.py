@@ -81,22 +81,36 @@ def progress(data: SweepData) -> str:
     return '<dl class="progress">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
 
 
+TICKET_HEAD = ("<th>winning ticket</th><th>its val_acc</th><th>its test_acc at early stop</th>"
+               "<th>pruned to</th>")
+
+
+def ticket_cells(data: SweepData, t: TrialRow) -> str:
+    """The winning ticket's density (and round), val_acc and test_acc at early stop, then how far the trial pruned."""
+    ticket = data.winning_ticket(t)
+    if ticket is None:
+        first = f"<td title='{html.escape(data.no_ticket_reason(t))}'>none</td>" if t.records else "<td>–</td>"
+        return first + f"<td>–</td><td>–</td><td>{percent(t.density_reached)}</td>"
+    return (f"<td>{percent(ticket.density)} (round {ticket.round})</td><td>{cell(ticket.val_acc.ticket)}</td>"
+            f"<td>{cell(ticket.test_acc_at_early_stop.ticket)}</td><td>{percent(t.density_reached)}</td>")
+
+
 def top_table(data: SweepData, top: list[TopTrial]) -> str:
     if not top:
         return "<p>No trial has finished a round yet.</p>"
     keys = list(data.space)
     single = data.single_objective  # a Pareto sweep's objective is (density, val_acc): no column of its own
     head = ("<tr><th>#</th><th class='text'>trial</th>" + "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-            + ("<th>objective</th>" if single else "") + "<th>density reached</th>"
-              "<th class='text'>take its ticket out</th><th class='text'>rerun it alone</th></tr>")
+            + ("<th>objective</th>" if single else "") + TICKET_HEAD
+            + "<th class='text'>take its ticket out</th><th class='text'>rerun it alone</th></tr>")
     rows = []
     for row in top:
         t = row.trial
         rows.append(f"<tr class='{'best' if row.rank == 1 else ''}'><td>{row.rank}</td>"
                     f"<td class='text'>{html.escape(t.trial_id)}</td>"
                     + "".join(f"<td>{cell(t.params.get(k))}</td>" for k in keys)
-                    + (f"<td>{cell(t.objective)}</td>" if single else "") + f"<td>{percent(t.density_reached)}</td>"
-                      f"<td class='text'><code>{html.escape(row.ticket_command)}</code></td>"
+                    + (f"<td>{cell(t.objective)}</td>" if single else "") + ticket_cells(data, t)
+                    + f"<td class='text'><code>{html.escape(row.ticket_command)}</code></td>"
                       f"<td class='text'><code>{html.escape(row.rerun_command)}</code></td></tr>")
     return f"<table id='top-trials'>{head}{''.join(rows)}</table>"
 
@@ -106,19 +120,16 @@ def trials_table(data: SweepData) -> str:
     single = data.single_objective
     head = ("<tr><th class='text'>trial</th><th class='text'>state</th>"
             + "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-            + "<th>rounds</th><th>density</th><th>val_acc</th><th>test_acc at early stop</th>"
-            + ("<th>objective</th>" if single else "") + "<th class='text'>config</th></tr>")
+            + "<th>rounds</th>" + ("<th>objective</th>" if single else "") + TICKET_HEAD
+            + "<th class='text'>config</th></tr>")
     rows = []
     for t in data.trials:
-        last = t.rounds[-1] if t.rounds else None
         state = "stopped by ASHA" if t.stopped_early else t.state
         rows.append(f"<tr><td class='text'>{html.escape(t.trial_id)}</td><td class='text'>{html.escape(state)}</td>"
                     + "".join(f"<td>{cell(t.params.get(k))}</td>" for k in keys)
-                    + f"<td>{len(t.rounds)}</td><td>{percent(t.density_reached)}</td>"
-                      f"<td>{cell(last.val_acc.ticket if last else None)}</td>"
-                      f"<td>{cell(last.test_acc_at_early_stop.ticket if last else None)}</td>"
+                    + f"<td>{len(t.rounds)}</td>"
                     + (f"<td>{cell(t.objective if is_number(t.objective) else None)}</td>" if single else "")
-                    + f"<td class='text'><code>{cell(t.config_hash)}</code></td></tr>")
+                    + ticket_cells(data, t) + f"<td class='text'><code>{cell(t.config_hash)}</code></td></tr>")
     return f"<table id='trials'>{head}{''.join(rows)}</table>"
 
 
