@@ -272,6 +272,10 @@ def run_and_finish(spec: LaunchSpec, address: str | None, resume: bool, verbose:
         finish_sweep(spec, interrupted)
     except KeyboardInterrupt:
         stop_unfinished(spec)
+    except RunFailure as err:  # the disk under the sweep filled up, or went read-only
+        say_twice(f"lth-sweep: error: {err}; once that is fixed, continue the sweep with: lth-sweep resume "
+                  f"{shlex.quote(spec.experiment_dir)}")
+        sys.exit(1)
 
 
 VERBOSE = click.option("-v", "--verbose", is_flag=True, help="Show Ray's and Tune's own output here too.")

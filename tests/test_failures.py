@@ -8,6 +8,8 @@ mounting is not possible the tests that need it are skipped and say why.
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 import shutil
 import subprocess
@@ -26,6 +28,7 @@ from lth_sweep.engine import data
 from lth_sweep.engine.data import load_dataset
 from lth_sweep.engine.lottery import Trial
 from lth_sweep.errors import CorruptFile, RunFailure, UserError
+from lth_sweep.sweep.terminal import Terminal
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "sweeps" / "experiments"
@@ -190,6 +193,21 @@ def test_full_disk_while_writing_state(run_cli: Callable[..., Any], write_config
         one_line_error(result, 1, str(out / "state.pt"), "no space left")
         assert load_torch(out / "state.pt")["round"] == 0, "the previous state.pt is intact"
         assert not list(out.glob(".*.tmp")), "no temp file is left behind"
+
+
+def test_a_full_disk_under_the_driver_log_names_the_log(tmp_path: Path) -> None:
+    """Tune prints into the sweep's driver.log (fds 1 and 2); on a full disk that print raised an OSError naming no
+    file, and the sweep ended in "[Errno 28] No space left on device". Now it is a failure naming the log."""
+    with tmpfs(tmp_path / "small", "64k") as small:
+        (small / "filler").write_bytes(b"x" * 60_000)
+        log = small / "driver.log"
+        with pytest.raises(RunFailure) as failure, Terminal(log):
+            for _ in range(100):  # a write that fills the disk writes what fits; the next one fails
+                os.write(1, b"Tune's output\n" * 1_000)
+        assert failure.value.path == log and "no space left on device" in str(failure.value)
+        with pytest.raises(OSError) as other, Terminal(log):
+            raise OSError(errno.ENOSPC, "No space left on device", str(small / "state.pt"))
+        assert not isinstance(other.value, RunFailure), "a failure that names its file stays as it is"
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])

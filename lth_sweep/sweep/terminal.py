@@ -10,6 +10,10 @@ import os
 import sys
 from pathlib import Path
 
+from lth_sweep.errors import RunFailure
+
+LOG_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # a full or read-only disk under the log
+
 
 class Terminal:
     """Within `with Terminal(log_path):`, fds 1 and 2 write to `log_path` and `line()` to the terminal (and the
@@ -33,7 +37,7 @@ class Terminal:
             os.close(log_fd)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if self._saved is None:
             return
         for stream in (sys.stdout, sys.stderr):
@@ -45,6 +49,16 @@ class Terminal:
             os.dup2(saved, fd)
             os.close(saved)
         self._saved = None
+        failure = self.log_failure(exc)
+        if failure is not None:
+            raise failure from None
+
+    def log_failure(self, exc: BaseException | None) -> RunFailure | None:
+        """A write to fd 1 or 2 (the log) that the disk refused, as a failure naming the log; None for anything else.
+        Such an OSError names no file: Tune's `print` met it, deep in its own loop."""
+        if not isinstance(exc, OSError) or exc.filename is not None or exc.errno not in LOG_WRITE_ERRORS:
+            return None
+        return RunFailure(self.log_path, f"could not be written ({os.strerror(exc.errno).lower()})")
 
     def line(self, text: str) -> None:
         data = (text + "\n").encode()
