@@ -249,9 +249,9 @@ def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
     status = sweep_status(spec.experiment_dir)
     print_status(status)
     failed = any(row["state"] == "ERROR" for row in status["trials"])
-    if spec.wandb_mode == "offline":
-        from lth_sweep.sweep.fetch import wandb_sync_command
+    from lth_sweep.sweep.fetch import has_offline_runs, wandb_sync_command
 
+    if spec.wandb_mode == "offline" or (spec.wandb_mode == "online" and has_offline_runs(spec.experiment_dir)):
         echo(f"W&B runs were written offline; upload them with: {wandb_sync_command(spec.experiment_dir, spec.name)}")
     if interrupted or not is_finished(status):
         # Tune catches Ctrl+C itself, saves the experiment and returns: unfinished trials and no

@@ -100,6 +100,8 @@ def test_unreachable_online_falls_back_to_offline_files_and_the_key_is_nowhere(t
         sweep.launch.explain()
     warning = next(line for line in out.splitlines() if FALLBACK_WARNING in line)
     assert "written offline under" in warning and "wandb sync" in warning
+    assert f"W&B runs were written offline; upload them with: wandb sync {sweep.dir}/" in sweep.launch.stdout, \
+        "the summary says how to upload the runs that fell back (it did so only for an offline sweep)"
     rounds = offline_runs_with_rounds(sweep.dir)
     assert len(rounds) == NUM_SAMPLES and all(r == [0, 1] for r in rounds.values()), rounds
     debug_logs = list((tmp_path / "home").rglob("*.log")) + list(sweep.dir.rglob("debug*.log"))

@@ -31,6 +31,14 @@ def fetch_sweep(experiment_dir: str, out: Path, wandb_only: bool) -> list[Path]:
     return sorted(out.glob(WANDB_RUNS_GLOB))
 
 
+def has_offline_runs(experiment_dir: str) -> bool:
+    """Whether some trial wrote offline W&B run files (an online sweep's trials fall back to them)."""
+    if not storage.is_uri(experiment_dir):
+        return any(Path(experiment_dir).glob(WANDB_RUNS_GLOB))
+    parts = (PurePosixPath(name).parts for name in storage.list_files(storage.join(experiment_dir, "by_config")))
+    return any(len(p) > 3 and p[1:3] == ("wandb", "wandb") and p[3].startswith("offline-run-") for p in parts)
+
+
 def wandb_sync_command(experiment_dir: str, name: str) -> str:
     """A shell command that uploads the sweep's offline W&B runs, in order, as printed: `wandb sync` of the
     run folders for a local sweep; for one at a URI, `lth-sweep fetch` into ./<name>-wandb first."""
