@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 
@@ -24,6 +25,11 @@ def tune_analysis(experiment_dir: str) -> tuple[Any, str | None]:
     yet) or with one naming the snapshot that cannot be read."""
     from ray.tune import ExperimentAnalysis
 
+    # a trial that has not reported yet has no progress.csv, which Tune logs as a warning: not news here (on the
+    # terminal after a Ctrl+C, or in `status`); the rows come from the snapshot's last results
+    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = analysis_log.level
+    analysis_log.setLevel(logging.ERROR)
     try:
         return ExperimentAnalysis(experiment_dir), None
     except (ValueError, FileNotFoundError, RuntimeError) as err:
@@ -33,6 +39,8 @@ def tune_analysis(experiment_dir: str) -> tuple[Any, str | None]:
         reason = (str(err).splitlines() or [""])[0][:200]
         return None, (f"Tune's snapshot {storage.join(experiment_dir, snapshots[-1])} cannot be read "
                       f"({type(err).__name__}: {reason}); no trial is listed from it")
+    finally:
+        analysis_log.setLevel(level)
 
 
 def trial_rows(experiment_dir: str, warnings: list[str] | None = None) -> list[dict[str, Any]]:
