@@ -131,6 +131,22 @@ def test_a_resumed_trial_that_fails_again_stays_fail(tmp_path: Path) -> None:
     assert [(t.state.name, t.intermediate_values) for t in stored_trials(journal)] == [("FAIL", {1: 1.0})]
 
 
+def test_a_resumed_pareto_trial_gets_both_values(tmp_path: Path) -> None:
+    journal, snapshot = tmp_path / "optuna_journal.log", tmp_path / "searcher-state.pkl"
+    searcher = StoredOptunaSearch(StudyStore(str(journal), "imp", ["min", "max"]), metric=["density", "val_acc"],
+                                  mode=["min", "max"], sampler=optuna.samplers.RandomSampler(seed=0), study_name="imp")
+    pickled = cloudpickle.dumps(searcher)
+    before = cloudpickle.loads(pickled)
+    before.set_search_properties(None, None, SPACE)  # as Tune calls it: the objective is the searcher's own
+    before.suggest("t0")
+    before.on_trial_complete("t0", error=True)
+    before.save(str(snapshot))
+    after = resumed(pickled, snapshot)
+    after.on_trial_result("t0", {"density": 0.5, "val_acc": 0.6, "training_iteration": 2})
+    after.on_trial_complete("t0", {"density": 0.4, "val_acc": 0.7, "training_iteration": 3})
+    assert [(t.state.name, t.values) for t in stored_trials(journal)] == [("FAIL", None), ("COMPLETE", [0.4, 0.7])]
+
+
 def test_a_trial_added_for_a_resumed_one_after_a_lagging_snapshot_replaces_no_lost_trial(tmp_path: Path) -> None:
     """The snapshot knows t0 (failed) and t1; t2 was asked after it and lost. The resumed t0 completes before t2
     is asked again: the storage gets t0's COMPLETE trial as a new trial, and t2's new id goes to the trial of the
