@@ -3,7 +3,8 @@ and no finished round is trained again.
 
 The interrupted sweep is the reference sweep of test_sweep.py (4 trials, 2 at a time, 3 rounds, random
 sampler with a seed), alone and packed two configs per trial (`search.pack: 2`); the same sweep run without
-interruption and unpacked (shared with test_sweep.py) is the yardstick for both.
+interruption and unpacked (shared with test_sweep.py) is the yardstick for both. Last, a tiny sweep whose trials
+fail for good is resumed, and Optuna learns their results.
 """
 
 from __future__ import annotations
@@ -195,3 +196,40 @@ def test_the_optuna_storage_holds_one_trial_per_tune_trial(interrupted: Interrup
     stored = sorted((sorted(t.params.items()), t.value) for t in trials)
     expected = sorted((sorted(t["params"].items()), t["objective"]) for t in status["trials"])
     assert stored == expected
+
+
+# ------------------------------------------------------------------------------------ trials that failed for good
+
+
+@pytest.mark.parametrize("pack", [1, 2], ids=["alone", "packed"])
+def test_trials_that_failed_for_good_reach_optuna_complete_after_resume(pack: int, tmp_path: Path, data_root: Path,
+                                                                        ray_tmp: Path) -> None:
+    """Both configs fail after round 1 with max_failures 0 (Tune: ERROR, Optuna: FAIL); `resume` restarts and
+    finishes them. The study in the journal keeps each FAIL trial and has one COMPLETE trial per config with its
+    params, its final objective and a value per round, linked to the Tune trial and the FAIL trial (a second
+    resume, failing again, Pareto: test_optuna_store.py)."""
+    import optuna
+
+    from lth_sweep.sweep.optuna_store import JOURNAL_FILE, RESUMED_ATTR, TUNE_TRIAL_ATTR, open_storage
+
+    tree = h.sweep_tree(data_root, epochs=1, rounds=ROUNDS, num_samples=2, max_concurrent=2, max_failures=0,
+                        space={"prune.rate": {"uniform": [0.2, 0.5]}, "train.lr": {"loguniform": [0.001, 0.005]}})
+    tree["search"]["pack"] = pack
+    sweep = h.launch_sweep(tree, tmp_path, ray_tmp, name="failed", **{h.FAIL_ONCE_ENV: "1"})
+    assert sweep.launch.returncode == 1, sweep.launch.explain()
+    resumed = h.run_cli("resume", sweep.dir, cwd=sweep.cwd, env=sweep.env)
+    assert resumed.returncode == 0, resumed.explain()
+
+    trials = optuna.load_study(study_name="failed", storage=open_storage(str(sweep.dir / JOURNAL_FILE))).get_trials()
+    failed = {t.user_attrs[TUNE_TRIAL_ATTR]: t for t in trials if t.state == optuna.trial.TrialState.FAIL}
+    complete = {t.user_attrs[TUNE_TRIAL_ATTR]: t for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert len(trials) == 4 and len(failed) == len(complete) == 2, [(t.number, t.state.name) for t in trials]
+    rows = h.status_json(sweep.dir, sweep.cwd, sweep.env)["trials"]
+    assert [row["state"] for row in rows] == ["TERMINATED"] * 2
+    for row in rows:
+        trial = complete[row["trial_id"]]
+        assert trial.params == failed[row["trial_id"]].params == row["params"]
+        assert trial.value == pytest.approx(row["objective"])
+        assert sorted(trial.intermediate_values) == list(range(1, ROUNDS + 1))
+        assert trial.intermediate_values[ROUNDS] == pytest.approx(row["objective"])
+        assert trial.user_attrs[RESUMED_ATTR] == failed[row["trial_id"]].number

@@ -70,9 +70,8 @@ def concurrent_trials(sweep: SweepConfig, on_cluster: bool) -> int:
 def build_tuner(spec: LaunchSpec, on_cluster: bool, callbacks: list[Any] | None = None, verbose: bool = False):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
 
-    from lth_sweep.sweep.optuna_search import PackSearcher, StoredOptunaSearch
+    from lth_sweep.sweep.optuna_search import PackSearcher, ResumingLimiter, StoredOptunaSearch
 
     sweep = spec.sweep
     metrics, modes = objective_metrics(sweep.objective)
@@ -97,7 +96,7 @@ def build_tuner(spec: LaunchSpec, on_cluster: bool, callbacks: list[Any] | None 
                                    metric=metrics[0] if single else metrics, mode=modes[0] if single else modes)
         searcher = PackSearcher(inner, pack, sweep.search.num_samples)
         objective, param_space, trials = {}, {}, math.ceil(sweep.search.num_samples / pack)
-    searcher = ConcurrencyLimiter(searcher, max_concurrent=min(concurrent_trials(sweep, on_cluster), trials))
+    searcher = ResumingLimiter(searcher, max_concurrent=min(concurrent_trials(sweep, on_cluster), trials))
     parent, name = storage.split_last(spec.experiment_dir)
     return tune.Tuner(
         make_trainable(spec),

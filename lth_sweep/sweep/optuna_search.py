@@ -1,26 +1,37 @@
-"""Ray's OptunaSearch with its study copied into an Optuna storage (see `optuna_store` for why a copy), and the
-searcher that hands a pack trial K of its suggestions (see `packing`)."""
+"""Ray's OptunaSearch with its study copied into an Optuna storage (see `optuna_store` for why a copy), the
+searcher that hands a pack trial K of its suggestions (see `packing`), and the concurrency limiter around them.
+
+A trial that failed for good (Tune's `max_failures`) is FAIL in Optuna's study, and a finished Optuna trial cannot
+be told again. When `lth-sweep resume` restarts it (`resume_errored`) and it completes, the study gets a new
+COMPLETE trial with the failed one's params, its value(s) and every intermediate value, user attribute
+RESUMED_ATTR naming the failed trial's number; the FAIL trial stays as it was."""
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import tempfile
 from typing import Any
 
-from ray.tune.search import Searcher
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from ray.tune.result import TRAINING_ITERATION
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from lth_sweep.sweep.optuna_store import TUNE_TRIAL_ATTR, StudyStore
+from lth_sweep.sweep.optuna_store import RESUMED_ATTR, TUNE_TRIAL_ATTR, StudyStore
 from lth_sweep.sweep.packing import MEMBERS_KEY, PACK_KEY, member_id
 
 
 class StoredOptunaSearch(OptunaSearch):
     """OptunaSearch (in-memory study, saved and restored with Tune's snapshot) that copies its study into
-    `store` after every ask, result and completion, and after a restore."""
+    `store` after every ask, result and completion, and after a restore; a failed trial that a resume
+    completes is added to the study as a COMPLETE trial (see the module's docstring)."""
 
     def __init__(self, store: StudyStore | None, **kwargs: Any) -> None:
         self._store = store
+        self._resumed: dict[str, dict[int, float]] = {}  # a resumed FAIL trial's new intermediate values
         super().__init__(**kwargs)
 
     def _copy(self) -> None:
@@ -35,18 +46,60 @@ class StoredOptunaSearch(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        super().on_trial_result(trial_id, result)
-        self._copy()
+        if self._failed(trial_id) is None:
+            super().on_trial_result(trial_id, result)
+            self._copy()
+        elif not isinstance(self.metric, list) and result.get(self.metric) is not None:
+            self._resumed.setdefault(trial_id, {})[result[TRAINING_ITERATION]] = result[self.metric]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        super().on_trial_complete(trial_id, result=result, error=error)
+        failed = self._failed(trial_id)
+        if failed is None:
+            super().on_trial_complete(trial_id, result=result, error=error)
+        elif not error:
+            self._add_resumed(trial_id, failed, result)
         self._copy()
+
+    def _failed(self, trial_id: str) -> FrozenTrial | None:
+        """The trial's FAIL record when Optuna has one that no COMPLETE trial resumed yet (else None)."""
+        if trial_id not in self._completed_trials or trial_id not in self._ot_trials:
+            return None
+        number = self._ot_trials[trial_id].number
+        trials = self._ot_study.get_trials(deepcopy=False)
+        if any(t.user_attrs.get(RESUMED_ATTR) == number for t in trials):
+            return None
+        failed = next(t for t in trials if t.number == number)
+        return failed if failed.state == TrialState.FAIL else None
+
+    def _add_resumed(self, trial_id: str, failed: FrozenTrial, result: dict | None) -> None:
+        """The resumed trial's result as a new COMPLETE trial; nothing while it has no value (it stays FAIL)."""
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = [(result or {}).get(metric) for metric in metrics]
+        if any(value is None or math.isnan(value) for value in values):
+            return
+        self._ot_study.add_trial(optuna.trial.create_trial(
+            values=values, params=failed.params, distributions=failed.distributions,
+            intermediate_values={**failed.intermediate_values, **self._resumed.pop(trial_id, {})},
+            user_attrs={**failed.user_attrs, TUNE_TRIAL_ATTR: trial_id, RESUMED_ATTR: failed.number},
+            system_attrs=failed.system_attrs))
 
     def restore(self, checkpoint_path: str) -> None:
         store = self._store
         super().restore(checkpoint_path)  # the pickled __dict__: the study as Tune's snapshot had it
         self._store = store
+        self.__dict__.setdefault("_resumed", {})  # a searcher pickled by an earlier lth-sweep
         self._copy()
+
+
+class ResumingLimiter(ConcurrencyLimiter):
+    """Ray's ConcurrencyLimiter, except that the completion of a trial it no longer holds reaches the searcher:
+    an errored trial that `resume` restarted (Ray's drops it, and Optuna would never learn the result)."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.live_trials or not self._limit_concurrency:
+            super().on_trial_complete(trial_id, result=result, error=error)
+        else:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
 
 class PackSearcher(Searcher):
@@ -58,7 +111,7 @@ class PackSearcher(Searcher):
         self.pack = pack
         self.total = total
         self.suggested = 0
-        self.live: dict[str, list[str]] = {}
+        self.members: dict[str, list[str]] = {}  # kept once a pack ends: an errored pack may be resumed
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # the inner searcher was built with its space, metric and mode
@@ -76,18 +129,18 @@ class PackSearcher(Searcher):
             ids.append(member_id(trial_id, j))
         if not members:
             return None
-        self.live[trial_id] = ids
+        self.members[trial_id] = ids
         self.suggested += len(members)
         return {PACK_KEY: members}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        for sub, member_result in zip(self.live.get(trial_id, []), result.get(MEMBERS_KEY) or [], strict=False):
+        for sub, member_result in zip(self.members.get(trial_id, []), result.get(MEMBERS_KEY) or [], strict=False):
             if member_result:
                 self.inner.on_trial_result(sub, member_result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         results = (result or {}).get(MEMBERS_KEY) or []
-        for j, sub in enumerate(self.live.pop(trial_id, [])):
+        for j, sub in enumerate(self.members.get(trial_id, [])):
             member_result = results[j] if j < len(results) and results[j] else None
             self.inner.on_trial_complete(sub, result=member_result, error=error or member_result is None)
 
@@ -97,14 +150,16 @@ class PackSearcher(Searcher):
             self.inner.save(inner_path)
             with open(inner_path, "rb") as f:
                 inner = f.read()
-        own = {"pack": self.pack, "total": self.total, "suggested": self.suggested, "live": self.live}
+        own = {"pack": self.pack, "total": self.total, "suggested": self.suggested, "members": self.members}
         with open(checkpoint_path, "wb") as f:
             pickle.dump({"own": own, "inner": inner}, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             saved = pickle.load(f)
-        self.__dict__.update(saved["own"])
+        own = saved["own"]
+        self.pack, self.total, self.suggested = own["pack"], own["total"], own["suggested"]
+        self.members = own.get("members", own.get("live", {}))  # "live": an earlier lth-sweep's running packs
         with tempfile.TemporaryDirectory() as tmp:
             inner_path = os.path.join(tmp, "inner.pkl")
             with open(inner_path, "wb") as f:

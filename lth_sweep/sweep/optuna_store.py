@@ -6,9 +6,10 @@ experiment snapshot at most every ~10 s, while a storage-backed study writes eve
 SIGKILL the restored searcher does not know the trials asked after the last snapshot, asks again, and a
 live storage would hold those configs twice (the first copies RUNNING forever). So the searcher keeps its
 study in memory, exactly as Tune restores it, and `StudyStore` copies that study into the storage after each
-of its events, keyed by trial number: a trial asked again after a resume has the number of the one it
-replaces, so the storage holds one trial per Tune trial. Storage trouble never fails the sweep: it is logged
-once and the copy stops."""
+of its events, keyed by the order of asking: a trial asked again after a resume is asked in the place of the one
+it replaces, so the storage holds one trial per Tune trial. A COMPLETE trial that the searcher added for a failed
+trial a resume completed (user attribute RESUMED_ATTR) is keyed by its Tune trial id: a second resume that
+completes it again adds nothing. Storage trouble never fails the sweep: it is logged once and the copy stops."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "optuna_journal.log"
 TUNE_TRIAL_ATTR = "tune_trial_id"
+RESUMED_ATTR = "resumed_trial"  # on a COMPLETE trial added for a resumed FAIL one: the FAIL trial's number
 
 
 def store_location(spec: LaunchSpec) -> str | None:
@@ -108,23 +110,36 @@ class StudyStore:
         return self._storage, self._study_id
 
     def sync(self, trials: list[FrozenTrial]) -> None:
-        """Makes the storage's trials equal the given ones, by number (finished stored trials are left as
-        they are: a storage cannot reopen them)."""
+        """Makes the storage's trials equal the given ones, matched by `keyed` (finished stored trials are
+        left as they are: a storage cannot reopen them)."""
         if self._broken:
             return
         try:
             storage, study_id = self._open()
-            stored = {t.number: t for t in storage.get_all_trials(study_id, deepcopy=False)}
-            for trial in sorted(trials, key=lambda t: t.number):
-                copy = stored.get(trial.number)
+            stored = keyed(storage.get_all_trials(study_id, deepcopy=False))
+            for key, trial in keyed(trials).items():
+                copy = stored.get(key)
                 if copy is None:
                     storage.create_new_trial(study_id, template_trial=trial)
-                    stored[trial.number] = trial
                 elif not copy.state.is_finished():
                     update_trial(storage, copy, trial)
         except Exception as err:  # noqa: BLE001 - the dashboard's copy must never stop the sweep
             self._broken = True
             log.warning("the Optuna study is no longer copied to %s: %s", self.location, err)
+
+
+def keyed(trials: list[FrozenTrial]) -> dict[tuple[str, Any], FrozenTrial]:
+    """Trials by what they stand for, in order of number: an asked trial by its place among the asked ones (its
+    number while no trial was added for a resumed one), an added one by its Tune trial id."""
+    by_key: dict[tuple[str, Any], FrozenTrial] = {}
+    asked = 0
+    for trial in sorted(trials, key=lambda t: t.number):
+        if RESUMED_ATTR in trial.user_attrs:
+            by_key[("resumed", trial.user_attrs.get(TUNE_TRIAL_ATTR))] = trial
+        else:
+            by_key[("asked", asked)] = trial
+            asked += 1
+    return by_key
 
 
 def update_trial(storage: BaseStorage, copy: FrozenTrial, trial: FrozenTrial) -> None:
