@@ -4,8 +4,9 @@ Each member is a `ConfigRun` exactly as a config alone is (its by-config engine 
 so a config that comes back alone after a kill finds its rounds, and the other way round. The members are
 trained by the engine's `Pack`, split first into packs that can train together (`split_packs`: suggestions that
 differ in the model, batch size, iterations... train in separate packs, one after another). The trial reports to
-Tune after every group phase in which a member finished a round: every member's latest metrics under
-`members`, and a checkpoint holding each member's engine folder under its config hash.
+Tune after every phase in which a member finished a round (a stacked group's phase, or one member's when they
+train one after another): every member's latest metrics under `members`, and a checkpoint holding each member's
+engine folder under its config hash.
 """
 
 from __future__ import annotations
