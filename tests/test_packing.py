@@ -11,7 +11,7 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket
 
 from lth_sweep.config import build_experiment
-from lth_sweep.sweep.packing import MAX_AUTO_PACK, MemberRungs, auto_pack, member_bytes, members_of
+from lth_sweep.sweep.packing import MAX_AUTO_PACK, MemberRungs, auto_pack, member_bytes, members_of, tune_trial_of
 
 
 @pytest.mark.parametrize(("grace", "rf", "mode"), [(1, 2.0, "min"), (2, 3.0, "max"), (1, 1.5, "min")])
@@ -59,3 +59,4 @@ def test_members_of_a_pack_trial_and_of_a_plain_one() -> None:
         ("abc_0", {"prune.rate": 0.2}, {"rounds_done": 2, "objective": 0.5}), ("abc_1", {"prune.rate": 0.3}, {})]
     assert [(v.member_id, v.params) for v in members_of("abc", {"prune.rate": 0.2}, None)] == [
         ("abc", {"prune.rate": 0.2})]
+    assert [tune_trial_of(v.member_id) for v in views] == ["abc", "abc"] and tune_trial_of("abc") == "abc"

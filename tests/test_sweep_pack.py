@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from lth_sweep.sweep.optuna_store import JOURNAL_FILE, open_storage
+from lth_sweep.sweep.packing import tune_trial_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -88,8 +89,14 @@ def test_packed_configs_and_rounds_equal_the_unpacked_sweeps(packed: h.Sweep, st
 
 
 def test_every_config_has_its_rounds_once_in_the_ledger_and_in_wandb(packed: h.Sweep, status: dict[str, Any]) -> None:
-    pairs = Counter((line["config_hash"], line["round"]) for line in h.ledger(packed.dir))
+    lines = h.ledger(packed.dir)
+    pairs = Counter((line["config_hash"], line["round"]) for line in lines)
     assert pairs == Counter({(row["config_hash"], r): 1 for row in status["trials"] for r in range(ROUNDS)})
+    # a line names the member that trained the round, as status does; tune_trial_of gives its Tune trial
+    members = {row["trial_id"]: row["config_hash"] for row in status["trials"]}
+    assert {line["trial_id"]: line["config_hash"] for line in lines} == members
+    assert {tune_trial_of(line["trial_id"]) for line in lines} == {d.name.removeprefix("trial_")
+                                                                  for d in tune_trial_dirs(packed.dir)}
     for row in status["trials"]:
         run_dirs = h.wandb_run_dirs(packed.dir, row["config_hash"])
         assert len(run_dirs) == 1, row  # one W&B run per config, as unpacked

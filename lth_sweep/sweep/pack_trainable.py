@@ -90,7 +90,7 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
     def on_round(j: int, record: dict[str, Any], trained_now: bool = True) -> None:
         nonlocal fresh
         run = runs[j]
-        metrics = run.add(record, trained_now, trial_id, node_id)
+        metrics = run.add(record, trained_now, run.label, node_id)  # the ledger names the member
         fresh = True
         if asha is not None and j not in stopped and len(run.records) < run.config.prune.rounds:
             value = metrics.get("objective")

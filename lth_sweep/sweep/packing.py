@@ -32,6 +32,12 @@ def member_id(trial_id: str, index: int) -> str:
     return f"{trial_id}_{index}"
 
 
+def tune_trial_of(trial_id: str) -> str:
+    """The Tune trial of a pack member `<trial id>_<j>`, or the trial id itself (a searcher's Tune trial ids, 8 hex
+    digits, have no `_`)."""
+    return trial_id.rsplit("_", 1)[0]
+
+
 def is_pack(config: dict[str, Any]) -> bool:
     return PACK_KEY in config
 
