@@ -1,16 +1,18 @@
 """The pieces of `search.pack` that need no sweep: ASHA's rule over members, the pack size `auto` picks, member
-views of Tune trials."""
+views of Tune trials, what the pack searcher passes on to Optuna."""
 
 from __future__ import annotations
 
 import random
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket
 
 from lth_sweep.config import build_experiment
+from lth_sweep.sweep.optuna_search import PackSearcher
 from lth_sweep.sweep.packing import MAX_AUTO_PACK, MemberRungs, auto_pack, member_bytes, members_of, tune_trial_of
 
 
@@ -60,3 +62,26 @@ def test_members_of_a_pack_trial_and_of_a_plain_one() -> None:
     assert [(v.member_id, v.params) for v in members_of("abc", {"prune.rate": 0.2}, None)] == [
         ("abc", {"prune.rate": 0.2})]
     assert [tune_trial_of(v.member_id) for v in views] == ["abc", "abc"] and tune_trial_of("abc") == "abc"
+
+
+class Recorder:
+    """An inner searcher that records what it is given."""
+
+    def __init__(self) -> None:
+        self.results: list[tuple[str, int]] = []
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        return {"prune.rate": 0.2}
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self.results.append((trial_id, result["training_iteration"]))
+
+
+def test_the_pack_searcher_passes_each_members_round_on_once() -> None:
+    """A pack reports every member's latest result each time one of them finished a round (members train one after
+    another on a CPU): Optuna gets each member's round once, not a repeat of an unchanged member's last one."""
+    searcher = PackSearcher(Recorder(), pack=2, total=2)
+    searcher.suggest("abc")
+    for steps in ([1, None], [1, 1], [2, 1], [2, 2]):
+        searcher.on_trial_result("abc", {"members": [{"training_iteration": k} if k else {} for k in steps]})
+    assert searcher.inner.results == [("abc_0", 1), ("abc_1", 1), ("abc_0", 2), ("abc_1", 2)]

@@ -8,6 +8,7 @@ import pickle
 import tempfile
 from typing import Any
 
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -59,6 +60,7 @@ class PackSearcher(Searcher):
         self.total = total
         self.suggested = 0
         self.live: dict[str, list[str]] = {}
+        self.steps: dict[str, int] = {}  # each live member's last round passed on
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # the inner searcher was built with its space, metric and mode
@@ -81,13 +83,17 @@ class PackSearcher(Searcher):
         return {PACK_KEY: members}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Each member's result with a round it has not passed on yet (a report carries every member's latest)."""
         for sub, member_result in zip(self.live.get(trial_id, []), result.get(MEMBERS_KEY) or [], strict=False):
-            if member_result:
+            step = member_result.get(TRAINING_ITERATION, 0) if member_result else 0
+            if member_result and step > self.steps.get(sub, 0):
+                self.steps[sub] = step
                 self.inner.on_trial_result(sub, member_result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         results = (result or {}).get(MEMBERS_KEY) or []
         for j, sub in enumerate(self.live.pop(trial_id, [])):
+            self.steps.pop(sub, None)
             member_result = results[j] if j < len(results) and results[j] else None
             self.inner.on_trial_complete(sub, result=member_result, error=error or member_result is None)
 
@@ -97,14 +103,15 @@ class PackSearcher(Searcher):
             self.inner.save(inner_path)
             with open(inner_path, "rb") as f:
                 inner = f.read()
-        own = {"pack": self.pack, "total": self.total, "suggested": self.suggested, "live": self.live}
+        own = {"pack": self.pack, "total": self.total, "suggested": self.suggested, "live": self.live,
+               "steps": self.steps}
         with open(checkpoint_path, "wb") as f:
             pickle.dump({"own": own, "inner": inner}, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             saved = pickle.load(f)
-        self.__dict__.update(saved["own"])
+        self.__dict__.update({"steps": {}, **saved["own"]})  # a save without steps: every round is new
         with tempfile.TemporaryDirectory() as tmp:
             inner_path = os.path.join(tmp, "inner.pkl")
             with open(inner_path, "wb") as f:
