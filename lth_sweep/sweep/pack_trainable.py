@@ -5,8 +5,8 @@ so a config that comes back alone after a kill finds its rounds, and the other w
 trained by the engine's `Pack`, split first into packs that can train together (`split_packs`: suggestions that
 differ in the model, batch size, iterations... train in separate packs, one after another). The trial reports to
 Tune after every phase in which a member finished a round (a stacked group's phase, or one member's when they
-train one after another): every member's latest metrics under `members`, and a checkpoint holding each member's
-engine folder under its config hash.
+train one after another), and, for rounds the members found already, after each round index: every member's
+latest metrics under `members`, and a checkpoint holding each member's engine folder under its config hash.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
         nonlocal fresh
         run = runs[j]
         metrics = run.add(record, trained_now, run.label, node_id)  # the ledger names the member
-        fresh = True
+        fresh = fresh or len(run.records) > run.reported  # else Tune has it already (restored from its checkpoint)
         if asha is not None and j not in stopped and len(run.records) < run.config.prune.rounds:
             value = metrics.get("objective")
             if ray.get(asha.on_result.remote(run.label, len(run.records), value)):
@@ -108,10 +109,7 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
                 run.open(checkpoint, subdir=run.config_hash)
             trials = [Trial(run.config, run.engine_dir, on_round=lambda r, j=j: on_round(j, r), on_eval=run.curve)
                       for j, run in enumerate(runs)]
-            for j, trial in enumerate(trials):
-                for record in trial.records():
-                    on_round(j, record, trained_now=False)
-            report()
+            replay(trials, on_round, report)
             for indices in split_packs([run.config for run in runs], size=len(runs)):
                 pack = Pack([trials[j] for j in indices], after_group=report)
                 pack.stopped = StoppedView(stopped, indices)
@@ -120,6 +118,17 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
         finally:
             for run in runs:
                 run.close()
+
+
+def replay(trials: list[Trial], on_round: Callable[..., None], report: Callable[[], None]) -> None:
+    """The rounds the members have already, round index by round index, a report after each: Optuna gets each
+    round's value as it would from the members alone."""
+    found = [trial.records() for trial in trials]
+    for round_index in range(max(map(len, found), default=0)):
+        for j, records in enumerate(found):
+            if round_index < len(records):
+                on_round(j, records[round_index], trained_now=False)
+        report()
 
 
 class StoppedView:
