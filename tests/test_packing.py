@@ -1,9 +1,10 @@
 """The pieces of `search.pack` that need no sweep: ASHA's rule over members, the pack size `auto` picks, member
-views of Tune trials, what the pack searcher passes on to Optuna."""
+views of Tune trials, what the pack searcher passes on to Optuna, a pack's checkpoint folder."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +14,7 @@ from ray.tune.schedulers.async_hyperband import _Bracket
 
 from lth_sweep.config import build_experiment
 from lth_sweep.sweep.optuna_search import PackSearcher
+from lth_sweep.sweep.pack_trainable import pack_checkpoint
 from lth_sweep.sweep.packing import MAX_AUTO_PACK, MemberRungs, auto_pack, member_bytes, members_of, tune_trial_of
 
 
@@ -85,3 +87,16 @@ def test_the_pack_searcher_passes_each_members_round_on_once() -> None:
     for steps in ([1, None], [1, 1], [2, 1], [2, 2]):
         searcher.on_trial_result("abc", {"members": [{"training_iteration": k} if k else {} for k in steps]})
     assert searcher.inner.results == [("abc_0", 1), ("abc_1", 1), ("abc_0", 2), ("abc_1", 2)]
+
+
+def test_a_pack_checkpoint_replaces_the_one_a_killed_run_of_its_trial_left(tmp_path: Path) -> None:
+    engine = tmp_path / "by_config" / "0123abcd" / "engine"
+    engine.mkdir(parents=True)
+    (engine / "rounds.jsonl").write_text("{}\n")
+    stale = tmp_path / "by_config" / ".pack-checkpoint-abc" / "0123abcd"
+    stale.mkdir(parents=True)
+    (stale / "state.pt").write_bytes(b"left by a kill")
+    run = SimpleNamespace(config_hash="0123abcd", engine_dir=engine)
+    folder = pack_checkpoint([run], tmp_path / "by_config", "abc")
+    assert folder == stale.parent
+    assert sorted(p.name for p in stale.iterdir()) == ["rounds.jsonl"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,15 +21,17 @@ from typing import Any
 from lth_sweep import storage
 from lth_sweep.engine.lottery import Trial
 from lth_sweep.engine.pack import Pack, split_packs
-from lth_sweep.sweep.packing import ACTOR_NAMESPACE, MEMBERS_KEY, asha_actor_name, member_id
+from lth_sweep.sweep.packing import ACTOR_NAMESPACE, MEMBERS_KEY, asha_actor_name, member_id, pack_checkpoint_dir
 from lth_sweep.sweep.spec import LaunchSpec
 from lth_sweep.sweep.trainable import ConfigRun, inject_failure
 
 
-def pack_checkpoint(runs: list[ConfigRun], parent: Path) -> Path:
+def pack_checkpoint(runs: list[ConfigRun], parent: Path, trial_id: str) -> Path:
     """A folder of hard links to every member's engine files (a snapshot: the engine replaces its files by
-    rename, never in place), `<config hash>/<file>`, in the same file system as the engine folders."""
-    folder = parent / f".pack-checkpoint-{uuid.uuid4().hex[:12]}"
+    rename, never in place), `<config hash>/<file>`, in the same file system as the engine folders. Named after
+    the Tune trial: one a killed run of this trial left is replaced (the driver removes all at launch)."""
+    folder = pack_checkpoint_dir(parent, trial_id)
+    shutil.rmtree(folder, ignore_errors=True)
     for run in runs:
         target = folder / run.config_hash
         target.mkdir(parents=True)
@@ -80,7 +81,7 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
             run.sync()
         results = [{**run.latest, "training_iteration": len(run.records), "stopped": runs.index(run) in stopped}
                    if run.records else {} for run in member_runs]
-        checkpoint = pack_checkpoint(runs, runs[0].root.parent)
+        checkpoint = pack_checkpoint(runs, runs[0].root.parent, trial_id)
         try:
             tune.report({MEMBERS_KEY: results, "rounds_done": sum(len(run.records) for run in member_runs),
                          "pack_size": len(member_runs), **({"notice": "; ".join(notices)} if notices else {})},
