@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from lth_sweep.sweep.launch import process_table
+from lth_sweep.sweep.packing import tune_trial_of
 
 
 def cpu_name() -> str:
@@ -98,7 +99,7 @@ def print_phases(by_hash: dict[str, list[dict]], ledger: list[dict], started_at:
     span = last_end - first_start
     by_trial: dict[str, list[tuple[float, float]]] = {}  # every round a Tune trial trained (all of a pack's configs)
     for entry, interval in zip(ledger, spans, strict=True):
-        by_trial.setdefault(entry["trial_id"], []).append(interval)
+        by_trial.setdefault(tune_trial_of(entry["trial_id"]), []).append(interval)  # a pack's lines name members
     # a stacked pack's members train their rounds at once (each `seconds` is its share): no gap between those
     within = [max(0.0, later[0] - earlier[1]) for rounds in map(sorted, by_trial.values())
               for earlier, later in itertools.pairwise(rounds)]

@@ -32,6 +32,8 @@ import pytest
 import sweep_helpers as h
 from s3_server import CREDENTIALS, S3Server
 
+from lth_sweep.sweep.packing import tune_trial_of
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROUNDS, NUM_SAMPLES, EPOCHS = 3, 2, 10  # 350 iterations per round: time enough to kill a trial mid-round
@@ -195,14 +197,15 @@ def node_loss(nodes: Nodes, pack: int, s3: S3Server, tmp_path_factory: pytest.Te
                        what="a first round in the ledger")
         assert proc.poll() is None, (base / "launch.log").read_text()
         entry = first[-1]
-        lost, config_hash, trial_id = nodes.name_of[entry["node_id"]], entry["config_hash"], entry["trial_id"]
+        lost, config_hash = nodes.name_of[entry["node_id"]], entry["config_hash"]
+        trial_id = tune_trial_of(entry["trial_id"])  # the lost Tune trial (a pack's ledger lines name its members)
         killed_pids = kill_node(nodes, lost)  # its trial is in round entry["round"] + 1 now
         killed_at = time.time()
         shutil.rmtree(nodes.tmp_of[lost] / "lth_sweep", ignore_errors=True)  # the node's disk is gone with it
         killed_after = max(e["round"] for e in h.ledger(uri) if e["config_hash"] == config_hash)
 
         def continued() -> list[dict[str, Any]]:  # the lost Tune trial's rounds since (a pack's: every member's)
-            return [e for e in h.ledger(uri) if e["trial_id"] == trial_id and e["time"] > killed_at]
+            return [e for e in h.ledger(uri) if tune_trial_of(e["trial_id"]) == trial_id and e["time"] > killed_at]
 
         after = h.poll(lambda: continued() or proc.poll() is not None, timeout=300, interval=0.2,
                        what="the lost node's trial training again")
@@ -219,7 +222,8 @@ def node_loss(nodes: Nodes, pack: int, s3: S3Server, tmp_path_factory: pytest.Te
     resume = h.run_cli("resume", uri, "--address", address, cwd=elsewhere, env=env, timeout=300)
     (base / "resume.log").write_text(resume.explain())
     # the lost trial's rounds on its new node until the driver was killed, undisturbed: a round's normal length
-    timings["seconds_per_round"] = seconds_per_round([e for e in ledger_at_driver_kill if e["trial_id"] == trial_id
+    timings["seconds_per_round"] = seconds_per_round([e for e in ledger_at_driver_kill
+                                                      if tune_trial_of(e["trial_id"]) == trial_id
                                                       and e["time"] > killed_at])
     timings["stall_s"] = timings["next_round_after_kill_s"] - timings["seconds_per_round"]
     print(f"\nnode loss: {json.dumps(timings)}")
@@ -278,8 +282,8 @@ def tune_rounds(sweep_dir: Path, trial_id: str) -> list[int]:
     alone = sweep_dir / f"trial_{trial_id}" / "result.json"
     if alone.exists():
         return sorted({r["round"] for r in h.read_jsonl(alone)})
-    tune_trial, j = trial_id.rsplit("_", 1)
-    members = [r["members"][int(j)] for r in h.read_jsonl(sweep_dir / f"trial_{tune_trial}" / "result.json")]
+    j = int(trial_id.rsplit("_", 1)[1])
+    members = [r["members"][j] for r in h.read_jsonl(sweep_dir / f"trial_{tune_trial_of(trial_id)}" / "result.json")]
     return sorted({m["round"] for m in members if "round" in m})
 
 

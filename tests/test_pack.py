@@ -228,3 +228,28 @@ def test_adam_members_resumed_together_keep_their_own_step_counts(float64: None,
     for k in range(2):
         assert_same_rounds(alone[k], packed[k], f"adam member {k}")
         assert_same_files(tmp_path / f"alone{k}", tmp_path / f"packed{k}", f"adam member {k}")
+
+
+@pytest.mark.parametrize("stacking", ["sequential", "stacked"])
+def test_after_group_sees_each_members_round_as_soon_as_it_is_done(stacking: str, float64: None,
+                                                                   tmp_path: Path) -> None:
+    """The sweep reports in `after_group`: members trained one after another (a CPU's default) are seen there
+    after each member's phase, so a finished round is never held back by the rest of its group; a stacked
+    group's members finish together, and are seen once per group phase."""
+    data, dataset = small_data("mlp")
+    members = [{**member, "control": "none"} for member in MEMBERS]
+    configs = member_configs("mlp", data, dataset, members=members, runtime={"pack_stacking": stacking})
+    rounds: list[int] = [0] * len(configs)
+
+    def on_round(k: int) -> Any:
+        def count(record: dict[str, Any]) -> None:
+            rounds[k] += 1
+        return count
+
+    seen: list[tuple[int, ...]] = []
+    trials = [Trial(c, tmp_path / f"packed{k}", data=data, on_round=on_round(k)) for k, c in enumerate(configs)]
+    Pack(trials, after_group=lambda: seen.append(tuple(rounds))).run()
+    if stacking == "sequential":
+        assert seen == [(1, 0, 0), (1, 1, 0), (1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2)]
+    else:
+        assert seen == [(1, 1, 1), (2, 2, 2)]

@@ -1,17 +1,21 @@
 """The pieces of `search.pack` that need no sweep: ASHA's rule over members, the pack size `auto` picks, member
-views of Tune trials."""
+views of Tune trials, what the pack searcher passes on to Optuna, a pack's checkpoint folder."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket
 
 from lth_sweep.config import build_experiment
-from lth_sweep.sweep.packing import MAX_AUTO_PACK, MemberRungs, auto_pack, member_bytes, members_of
+from lth_sweep.sweep.optuna_search import PackSearcher
+from lth_sweep.sweep.pack_trainable import pack_checkpoint
+from lth_sweep.sweep.packing import MAX_AUTO_PACK, MemberRungs, auto_pack, member_bytes, members_of, tune_trial_of
 
 
 @pytest.mark.parametrize(("grace", "rf", "mode"), [(1, 2.0, "min"), (2, 3.0, "max"), (1, 1.5, "min")])
@@ -59,3 +63,40 @@ def test_members_of_a_pack_trial_and_of_a_plain_one() -> None:
         ("abc_0", {"prune.rate": 0.2}, {"rounds_done": 2, "objective": 0.5}), ("abc_1", {"prune.rate": 0.3}, {})]
     assert [(v.member_id, v.params) for v in members_of("abc", {"prune.rate": 0.2}, None)] == [
         ("abc", {"prune.rate": 0.2})]
+    assert [tune_trial_of(v.member_id) for v in views] == ["abc", "abc"] and tune_trial_of("abc") == "abc"
+
+
+class Recorder:
+    """An inner searcher that records what it is given."""
+
+    def __init__(self) -> None:
+        self.results: list[tuple[str, int]] = []
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        return {"prune.rate": 0.2}
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self.results.append((trial_id, result["training_iteration"]))
+
+
+def test_the_pack_searcher_passes_each_members_round_on_once() -> None:
+    """A pack reports every member's latest result each time one of them finished a round (members train one after
+    another on a CPU): Optuna gets each member's round once, not a repeat of an unchanged member's last one."""
+    searcher = PackSearcher(Recorder(), pack=2, total=2)
+    searcher.suggest("abc")
+    for steps in ([1, None], [1, 1], [2, 1], [2, 2]):
+        searcher.on_trial_result("abc", {"members": [{"training_iteration": k} if k else {} for k in steps]})
+    assert searcher.inner.results == [("abc_0", 1), ("abc_1", 1), ("abc_0", 2), ("abc_1", 2)]
+
+
+def test_a_pack_checkpoint_replaces_the_one_a_killed_run_of_its_trial_left(tmp_path: Path) -> None:
+    engine = tmp_path / "by_config" / "0123abcd" / "engine"
+    engine.mkdir(parents=True)
+    (engine / "rounds.jsonl").write_text("{}\n")
+    stale = tmp_path / "by_config" / ".pack-checkpoint-abc" / "0123abcd"
+    stale.mkdir(parents=True)
+    (stale / "state.pt").write_bytes(b"left by a kill")
+    run = SimpleNamespace(config_hash="0123abcd", engine_dir=engine)
+    folder = pack_checkpoint([run], tmp_path / "by_config", "abc")
+    assert folder == stale.parent
+    assert sorted(p.name for p in stale.iterdir()) == ["rounds.jsonl"]

@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from lth_sweep.sweep.optuna_store import JOURNAL_FILE, open_storage
+from lth_sweep.sweep.packing import tune_trial_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -67,10 +68,12 @@ def test_two_tune_trials_of_two_configs_each(packed: h.Sweep, status: dict[str, 
     assert ids == sorted(f"{d.name.removeprefix('trial_')}_{j}" for d in dirs for j in range(2))
     assert status["counts"] == {"TERMINATED": NUM_SAMPLES}
     assert all(row["rounds_done"] == ROUNDS for row in status["trials"])
-    for d in dirs:  # one report per round of the pack, each with both members' metrics
+    # on a CPU the members train one after another: a report after each member's round, every member's latest
+    # in each (none yet for the second at first), so a finished round shows at once, as unpacked
+    expected = [pair for k in range(1, ROUNDS + 1) for pair in ([k, k - 1 or None], [k, k])]
+    for d in dirs:
         results = h.read_jsonl(d / "result.json")
-        assert len(results) == ROUNDS
-        assert [[m["rounds_done"] for m in r["members"]] for r in results] == [[k, k] for k in range(1, ROUNDS + 1)]
+        assert [[m.get("rounds_done") for m in r["members"]] for r in results] == expected
 
 
 def test_packed_configs_and_rounds_equal_the_unpacked_sweeps(packed: h.Sweep, status: dict[str, Any],
@@ -86,8 +89,14 @@ def test_packed_configs_and_rounds_equal_the_unpacked_sweeps(packed: h.Sweep, st
 
 
 def test_every_config_has_its_rounds_once_in_the_ledger_and_in_wandb(packed: h.Sweep, status: dict[str, Any]) -> None:
-    pairs = Counter((line["config_hash"], line["round"]) for line in h.ledger(packed.dir))
+    lines = h.ledger(packed.dir)
+    pairs = Counter((line["config_hash"], line["round"]) for line in lines)
     assert pairs == Counter({(row["config_hash"], r): 1 for row in status["trials"] for r in range(ROUNDS)})
+    # a line names the member that trained the round, as status does; tune_trial_of gives its Tune trial
+    members = {row["trial_id"]: row["config_hash"] for row in status["trials"]}
+    assert {line["trial_id"]: line["config_hash"] for line in lines} == members
+    assert {tune_trial_of(line["trial_id"]) for line in lines} == {d.name.removeprefix("trial_")
+                                                                  for d in tune_trial_dirs(packed.dir)}
     for row in status["trials"]:
         run_dirs = h.wandb_run_dirs(packed.dir, row["config_hash"])
         assert len(run_dirs) == 1, row  # one W&B run per config, as unpacked
@@ -157,19 +166,32 @@ def test_asha_stops_members_inside_a_stacked_pack(tmp_path: Path, data_root: Pat
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials())
 
 
-def test_a_config_suggested_twice_in_one_pack_is_trained_once(tmp_path: Path, data_root: Path, ray_tmp: Path) -> None:
-    """Two values to choose from, four suggestions in one pack: configs repeat; each trains once (its by-config
-    folder is locked once) and every member that suggested it gets its values."""
-    tree = packed_tree(data_root, pack=NUM_SAMPLES)
+def test_a_config_suggested_twice_is_trained_once(tmp_path: Path, data_root: Path, ray_tmp: Path) -> None:
+    """Two values to choose from, eight suggestions in two packs of four: configs repeat inside a pack, where each
+    trains once (its by-config folder is locked once) and every member that suggested it gets its values, and
+    across packs, where one pack replays the rounds the other trained: Optuna still gets every round's value."""
+    tree = packed_tree(data_root, pack=NUM_SAMPLES, num_samples=2 * NUM_SAMPLES)
     tree["search"]["space"] = {"prune.rate": {"choice": [0.2, 0.3]}}
     sweep = h.finished(h.launch_sweep(tree, tmp_path, ray_tmp, name="twice", timeout=180))
     rows = h.status_json(sweep.dir, sweep.cwd, sweep.env)["trials"]
-    assert len(rows) == NUM_SAMPLES and len({row["config_hash"] for row in rows}) < NUM_SAMPLES
+    assert len(tune_trial_dirs(sweep.dir)) == 2 and len(rows) == 2 * NUM_SAMPLES
     assert all(row["rounds_done"] == ROUNDS for row in rows)
     by_hash = {row["config_hash"]: row["objective"] for row in rows}
     assert all(row["objective"] == by_hash[row["config_hash"]] for row in rows)
-    pairs = Counter((line["config_hash"], line["round"]) for line in h.ledger(sweep.dir))
+    lines = h.ledger(sweep.dir)
+    pairs = Counter((line["config_hash"], line["round"]) for line in lines)
     assert pairs == Counter({(config, r): 1 for config in by_hash for r in range(ROUNDS)})
+    trained_in = {line["config_hash"]: tune_trial_of(line["trial_id"]) for line in lines}
+    replayed = [row for row in rows if tune_trial_of(row["trial_id"]) != trained_in[row["config_hash"]]]
+    assert replayed, rows  # else no pack found another's rounds
+    study = optuna.load_study(study_name="twice", storage=open_storage(str(sweep.dir / JOURNAL_FILE)))
+    hash_of = {row["trial_id"]: row["config_hash"] for row in rows}
+    curves: dict[str, list[dict[int, float]]] = {}
+    for t in study.get_trials():
+        assert t.state == optuna.trial.TrialState.COMPLETE, t
+        assert sorted(t.intermediate_values) == list(range(1, ROUNDS + 1)), t  # the replayed ones' too
+        curves.setdefault(hash_of[t.user_attrs["tune_trial_id"]], []).append(t.intermediate_values)
+    assert all(curve == same[0] for same in curves.values() for curve in same)  # replayed as trained
 
 
 def test_suggestions_that_cannot_train_together_are_split_inside_the_trial(tmp_path: Path, data_root: Path,

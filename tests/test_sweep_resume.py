@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 ROUNDS = 3
 NUM_SAMPLES = 4
+STRAY_CHECKPOINT = ".pack-checkpoint-4d1e5a7b"
 
 
 class Interrupted(NamedTuple):
@@ -61,6 +62,9 @@ def interrupted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         proc.wait(timeout=30)
         ledger_at_kill = h.ledger(sweep_dir)
     h.kill_marked()  # any process of this test session that still runs
+    # what a pack trial killed while Tune took its checkpoint leaves (pack_trainable.pack_checkpoint)
+    (sweep_dir / "by_config" / STRAY_CHECKPOINT / "0123abcd").mkdir(parents=True)
+    (sweep_dir / "by_config" / STRAY_CHECKPOINT / "0123abcd" / "state.pt").write_bytes(b"left by a kill")
     status_at_kill = h.run_cli("status", sweep_dir, "--json", cwd=base, env=env, timeout=120)
     report_at_kill = h.run_cli("report", sweep_dir, "--out", base / "report_at_kill", cwd=base, env=env, timeout=180)
     resume = h.run_cli("resume", sweep_dir, cwd=base, env=env, timeout=300)
@@ -115,6 +119,12 @@ def test_resume_finishes_the_sweep(interrupted: Interrupted) -> None:
     result = interrupted.resume
     assert result.returncode == 0, result.explain()
     assert f"everything is under {interrupted.dir}" in result.stdout
+
+
+def test_resume_removed_the_pack_checkpoints_a_kill_left(interrupted: Interrupted) -> None:
+    assert interrupted.resume.returncode == 0, interrupted.resume.explain()
+    assert (interrupted.dir / "by_config").is_dir()
+    assert not list((interrupted.dir / "by_config").glob(".pack-checkpoint-*"))
 
 
 def test_status_shows_exactly_the_sweeps_trials_all_terminated(status: dict[str, Any]) -> None:

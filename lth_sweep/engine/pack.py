@@ -80,8 +80,9 @@ class Pack:
     """Runs (or continues) several trials as one population; `run()` returns each one's records."""
 
     def __init__(self, trials: list[Trial], after_group: Callable[[], None] | None = None) -> None:
-        """`after_group` is called after each group phase (the sweep reports there); members whose index is
-        put `in` `stopped` (a set, or anything with __contains__) train no further (a scheduler stopped them)."""
+        """`after_group` is called after each group phase, and when members train one after another, after each
+        member's (the sweep reports there); members whose index is put `in` `stopped` (a set, or anything with
+        __contains__) train no further (a scheduler stopped them)."""
         keys = {pack_key(t.config) for t in trials}
         if len(keys) != 1:
             raise ValueError("the configs of a pack must agree on dataset, model, optimizer, batch size, "
@@ -98,9 +99,11 @@ class Pack:
         torch.set_num_threads(self.config.runtime.threads)
         self.states = [trial.prepare() for trial in self.trials]
         while (group := self.next_group()) is not None:
-            self.run_group(*group)
-            if self.after_group is not None:
-                self.after_group()
+            members, phase = group
+            for part in self.parts(members):
+                self.run_group(part, phase)
+                if self.after_group is not None:
+                    self.after_group()
         return [state["records"][:trial.config.prune.rounds] for trial, state in zip(self.trials, self.states,
                                                                                      strict=True)]
 
@@ -168,11 +171,11 @@ class Pack:
         setting = self.config.runtime.pack_stacking
         return setting == "stacked" or (setting == "auto" and self.trials[0].device.type == "cuda")
 
+    def parts(self, group: list[int]) -> list[list[int]]:
+        """What trains at once: the whole group when stacked, else one member after another (the same phases)."""
+        return [group] if self.stacked else [[index] for index in group]
+
     def run_group(self, group: list[int], phase: str) -> None:
-        if len(group) > 1 and not self.stacked:  # the same phases, member after member
-            for index in group:
-                self.run_group([index], phase)
-            return
         t0 = time.perf_counter()
         config, data = self.config, self.trials[0].data
         members, pop, masks, early_stop = self.build_members(group, phase)

@@ -24,6 +24,7 @@ from lth_sweep.config import build_experiment
 from lth_sweep.errors import UserError
 from lth_sweep.sweep.entry import imp_trainable
 from lth_sweep.sweep.optuna_store import StudyStore, check_new_study, store_location
+from lth_sweep.sweep.packing import remove_pack_checkpoints
 from lth_sweep.sweep.schema import ResourcesConfig, SweepConfig, objective_metrics
 from lth_sweep.sweep.spec import SPEC_FILE, LaunchSpec, save_spec
 from lth_sweep.sweep.tracking import resolve_mode
@@ -410,6 +411,13 @@ def driver_log_path(spec: LaunchSpec) -> Path:
     return Path(spec.experiment_dir) / DRIVER_LOG
 
 
+def remove_stale_pack_checkpoints(spec: LaunchSpec) -> None:
+    """The pack checkpoints that trials of a killed driver left in `<sweep>/by_config/` (local storage; call before
+    Tune starts a trial). With a URI they are on the nodes' own disks, each replaced when its trial runs again."""
+    if not storage.is_uri(spec.experiment_dir):
+        remove_pack_checkpoints(Path(spec.experiment_dir) / "by_config")
+
+
 def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool = False) -> tuple[Any, bool]:
     """Launches (or resumes) the sweep, a progress line per round on the terminal and Ray's own output in
     `driver_log_path(spec)` (on the terminal too with `verbose`); returns (ResultGrid or None, interrupted).
@@ -418,6 +426,7 @@ def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool
 
     metrics, modes = objective_metrics(spec.sweep.objective)
     single = len(metrics) == 1
+    remove_stale_pack_checkpoints(spec)  # the caller holds the sweep's lock: no trial of it runs
     with Terminal(None if verbose else driver_log_path(spec)) as terminal:
         try:
             with importing_meanwhile(DRIVER_IMPORTS):

@@ -112,6 +112,7 @@ class PackSearcher(Searcher):
         self.total = total
         self.suggested = 0
         self.members: dict[str, list[str]] = {}  # kept once a pack ends: an errored pack may be resumed
+        self.steps: dict[str, int] = {}  # each member's last round passed on
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # the inner searcher was built with its space, metric and mode
@@ -134,8 +135,11 @@ class PackSearcher(Searcher):
         return {PACK_KEY: members}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Each member's result with a round it has not passed on yet (a report carries every member's latest)."""
         for sub, member_result in zip(self.members.get(trial_id, []), result.get(MEMBERS_KEY) or [], strict=False):
-            if member_result:
+            step = member_result.get(TRAINING_ITERATION, 0) if member_result else 0
+            if member_result and step > self.steps.get(sub, 0):
+                self.steps[sub] = step
                 self.inner.on_trial_result(sub, member_result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -150,7 +154,8 @@ class PackSearcher(Searcher):
             self.inner.save(inner_path)
             with open(inner_path, "rb") as f:
                 inner = f.read()
-        own = {"pack": self.pack, "total": self.total, "suggested": self.suggested, "members": self.members}
+        own = {"pack": self.pack, "total": self.total, "suggested": self.suggested, "members": self.members,
+               "steps": self.steps}
         with open(checkpoint_path, "wb") as f:
             pickle.dump({"own": own, "inner": inner}, f)
 
@@ -160,6 +165,7 @@ class PackSearcher(Searcher):
         own = saved["own"]
         self.pack, self.total, self.suggested = own["pack"], own["total"], own["suggested"]
         self.members = own.get("members", own.get("live", {}))  # "live": an earlier lth-sweep's running packs
+        self.steps = own.get("steps", {})  # none saved: every round is new
         with tempfile.TemporaryDirectory() as tmp:
             inner_path = os.path.join(tmp, "inner.pkl")
             with open(inner_path, "wb") as f:

@@ -4,15 +4,16 @@ Each member is a `ConfigRun` exactly as a config alone is (its by-config engine 
 so a config that comes back alone after a kill finds its rounds, and the other way round. The members are
 trained by the engine's `Pack`, split first into packs that can train together (`split_packs`: suggestions that
 differ in the model, batch size, iterations... train in separate packs, one after another). The trial reports to
-Tune after every group phase in which a member finished a round: every member's latest metrics under
-`members`, and a checkpoint holding each member's engine folder under its config hash.
+Tune after every phase in which a member finished a round (a stacked group's phase, or one member's when they
+train one after another), and, for rounds the members found already, after each round index: every member's
+latest metrics under `members`, and a checkpoint holding each member's engine folder under its config hash.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -20,15 +21,17 @@ from typing import Any
 from lth_sweep import storage
 from lth_sweep.engine.lottery import Trial
 from lth_sweep.engine.pack import Pack, split_packs
-from lth_sweep.sweep.packing import ACTOR_NAMESPACE, MEMBERS_KEY, asha_actor_name, member_id
+from lth_sweep.sweep.packing import ACTOR_NAMESPACE, MEMBERS_KEY, asha_actor_name, member_id, pack_checkpoint_dir
 from lth_sweep.sweep.spec import LaunchSpec
 from lth_sweep.sweep.trainable import ConfigRun, inject_failure
 
 
-def pack_checkpoint(runs: list[ConfigRun], parent: Path) -> Path:
+def pack_checkpoint(runs: list[ConfigRun], parent: Path, trial_id: str) -> Path:
     """A folder of hard links to every member's engine files (a snapshot: the engine replaces its files by
-    rename, never in place), `<config hash>/<file>`, in the same file system as the engine folders."""
-    folder = parent / f".pack-checkpoint-{uuid.uuid4().hex[:12]}"
+    rename, never in place), `<config hash>/<file>`, in the same file system as the engine folders. Named after
+    the Tune trial: one a killed run of this trial left is replaced (the driver removes all at launch)."""
+    folder = pack_checkpoint_dir(parent, trial_id)
+    shutil.rmtree(folder, ignore_errors=True)
     for run in runs:
         target = folder / run.config_hash
         target.mkdir(parents=True)
@@ -78,7 +81,7 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
             run.sync()
         results = [{**run.latest, "training_iteration": len(run.records), "stopped": runs.index(run) in stopped}
                    if run.records else {} for run in member_runs]
-        checkpoint = pack_checkpoint(runs, runs[0].root.parent)
+        checkpoint = pack_checkpoint(runs, runs[0].root.parent, trial_id)
         try:
             tune.report({MEMBERS_KEY: results, "rounds_done": sum(len(run.records) for run in member_runs),
                          "pack_size": len(member_runs), **({"notice": "; ".join(notices)} if notices else {})},
@@ -89,8 +92,8 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
     def on_round(j: int, record: dict[str, Any], trained_now: bool = True) -> None:
         nonlocal fresh
         run = runs[j]
-        metrics = run.add(record, trained_now, trial_id, node_id)
-        fresh = True
+        metrics = run.add(record, trained_now, run.label, node_id)  # the ledger names the member
+        fresh = fresh or len(run.records) > run.reported  # else Tune has it already (restored from its checkpoint)
         if asha is not None and j not in stopped and len(run.records) < run.config.prune.rounds:
             value = metrics.get("objective")
             if ray.get(asha.on_result.remote(run.label, len(run.records), value)):
@@ -107,10 +110,7 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
                 run.open(checkpoint, subdir=run.config_hash)
             trials = [Trial(run.config, run.engine_dir, on_round=lambda r, j=j: on_round(j, r), on_eval=run.curve)
                       for j, run in enumerate(runs)]
-            for j, trial in enumerate(trials):
-                for record in trial.records():
-                    on_round(j, record, trained_now=False)
-            report()
+            replay(trials, on_round, report)
             for indices in split_packs([run.config for run in runs], size=len(runs)):
                 pack = Pack([trials[j] for j in indices], after_group=report)
                 pack.stopped = StoppedView(stopped, indices)
@@ -119,6 +119,17 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
         finally:
             for run in runs:
                 run.close()
+
+
+def replay(trials: list[Trial], on_round: Callable[..., None], report: Callable[[], None]) -> None:
+    """The rounds the members have already, round index by round index, a report after each: Optuna gets each
+    round's value as it would from the members alone."""
+    found = [trial.records() for trial in trials]
+    for round_index in range(max(map(len, found), default=0)):
+        for j, records in enumerate(found):
+            if round_index < len(records):
+                on_round(j, records[round_index], trained_now=False)
+        report()
 
 
 class StoppedView:

@@ -17,7 +17,9 @@ COMPLETE with its last value, as OptunaSearch treats a trial ASHA stopped); the 
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lth_sweep.config import ExperimentConfig
@@ -26,10 +28,28 @@ PACK_KEY = "pack"
 MEMBERS_KEY = "members"
 ASSUMED_GPU_BYTES = 16 * 2**30  # `auto` when the driver sees no GPU (a cluster's head node): a 16 GiB GPU
 MAX_AUTO_PACK = 64
+PACK_CHECKPOINT_PREFIX = ".pack-checkpoint-"  # a pack's checkpoint while Tune takes it, beside the engine folders
 
 
 def member_id(trial_id: str, index: int) -> str:
     return f"{trial_id}_{index}"
+
+
+def tune_trial_of(trial_id: str) -> str:
+    """The Tune trial of a pack member `<trial id>_<j>`, or the trial id itself (a searcher's Tune trial ids, 8 hex
+    digits, have no `_`)."""
+    return trial_id.rsplit("_", 1)[0]
+
+
+def pack_checkpoint_dir(parent: Path, trial_id: str) -> Path:
+    return parent / f"{PACK_CHECKPOINT_PREFIX}{trial_id}"
+
+
+def remove_pack_checkpoints(parent: Path) -> None:
+    """Removes the pack checkpoints under `parent` that killed trials left: only while no trial of the sweep runs
+    (the driver, holding the sweep's lock, before Tune starts any)."""
+    for folder in parent.glob(f"{PACK_CHECKPOINT_PREFIX}*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def is_pack(config: dict[str, Any]) -> bool:
