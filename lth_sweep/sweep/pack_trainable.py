@@ -118,7 +118,9 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
             report()
         finally:
             for run in runs:
-                run.close()
+                run.finish_wandb()
+            for run in runs:  # after the last run's end stopped W&B's service: every offline file is whole
+                run.mirror.wandb_runs()
 
 
 def replay(trials: list[Trial], on_round: Callable[..., None], report: Callable[[], None]) -> None:

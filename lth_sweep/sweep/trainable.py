@@ -242,9 +242,14 @@ class ConfigRun:
                                 "train_loss": statistics.fmean(evaluation.extras["train_loss"])}, step)
 
     def close(self) -> None:
+        self.finish_wandb()
+        self.mirror.wandb_runs()
+
+    def finish_wandb(self) -> None:
+        """Ends the W&B run. Its offline file is whole only once W&B's service stopped, which the last run of the
+        process does: mirror the runs after that (a pack finishes every member's run first)."""
         if self.tracker is not None:
             self.tracker.finish()
-        self.mirror.wandb_runs()
 
 
 def inject_failure(run: ConfigRun, round_index: int) -> None:
