@@ -20,6 +20,9 @@ import sweep_helpers as h
 import yaml
 
 from lth_sweep.config import build_experiment
+from lth_sweep.errors import UserError
+from lth_sweep.report.data import load_sweep_data
+from lth_sweep.report.tickets import export_ticket
 from lth_sweep.sweep.launch import DRIVER_LOG
 from lth_sweep.sweep.trainable import FAIL_ONCE_ENV
 
@@ -308,7 +311,7 @@ def test_a_searched_round_count_is_each_trials_own(tmp_path: Path, data_root: Pa
     last rung is the top of the range, not the experiment's count), the progress lines count each trial's own,
     and every trial that trained all its rounds is among the best."""
     tree = h.sweep_tree(data_root, epochs=1, rounds=3, num_samples=4, max_concurrent=2,
-                        space={"prune.rounds": {"choice": [2, 4]}, "prune.rate": {"uniform": [0.2, 0.5]}})
+                        space={"prune.rounds": {"choice": [2, 4]}})
     tree["scheduler"] = {"name": "asha", "grace_rounds": 4, "reduction_factor": 2}  # one rung: the last round
     sweep = h.finished(h.launch_sweep(tree, tmp_path, ray_tmp, name="rounds", timeout=180))
     rows = h.status_json(sweep.dir, sweep.cwd, sweep.env)
@@ -318,3 +321,20 @@ def test_a_searched_round_count_is_each_trials_own(tmp_path: Path, data_root: Pa
     assert sorted(row["trial_id"] for row in rows["best"]) == sorted(chosen)
     for trial_id, rounds in chosen.items():
         assert f"trial {trial_id} round {rounds}/{rounds}: " in sweep.launch.stdout, sweep.launch.explain()
+    # one config (`prune.rounds` is not in its hash), so its store holds 4 rounds; a 2-round trial's rows in the
+    # report, its points for the Pareto front and its ticket are its own 2 rounds, as its objective is
+    assert len({row["config_hash"] for row in rows["trials"]}) == 1
+    data = load_sweep_data(str(sweep.dir))
+    for trial in data.trials:
+        assert [r.round for r in trial.rounds] == list(range(chosen[trial.trial_id])), trial.trial_id
+    assert all(point["round"] < chosen[point["trial_id"]] for point in rows["pareto"]), rows["pareto"]
+    short = next(t for t in data.trials if chosen[t.trial_id] == 2)
+    winner = data.winning_ticket(short)
+    if winner is None:
+        with pytest.raises(UserError, match="no round is a winning ticket"):
+            export_ticket(str(sweep.dir), short.trial_id, tmp_path / "ticket.pt")
+    else:
+        assert export_ticket(str(sweep.dir), short.trial_id, tmp_path / "ticket.pt")["round"] == winner.round
+    with pytest.raises(UserError, match=r"0\.\.1 \(the trial's own; its config \w+ has more"):
+        export_ticket(str(sweep.dir), short.trial_id, tmp_path / "ticket.pt", round_index=3)
+    assert export_ticket(str(sweep.dir), short.config_hash, tmp_path / "ticket.pt", round_index=3)["round"] == 3

@@ -10,7 +10,7 @@ from typing import Any
 from lth_sweep.sweep.objectives import no_winning_round, winning_round
 from lth_sweep.sweep.schema import Distribution
 from lth_sweep.sweep.spec import LaunchSpec, load_spec
-from lth_sweep.sweep.status import round_records, sweep_status
+from lth_sweep.sweep.status import sweep_status, trial_records
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class RoundRow:
     early_stop_iter: Series
     test_acc: float
     seconds: float
-    instability: float | None = None
+    instability: Series | None = None  # when the round measured it (stability.points)
 
     @property
     def percent_remaining(self) -> float:
@@ -46,11 +46,11 @@ class RoundRow:
             return Series(record[key], record.get(f"{key}_std"), record.get(f"control_{key}"),
                           record.get(f"control_{key}_std"))
 
-        instability = record.get("instability")
+        measured = isinstance(record.get("instability"), int | float)
         return cls(round=record["round"], density=record["density"], val_acc=series("val_acc"),
                    test_acc_at_early_stop=series("test_acc_at_early_stop"), early_stop_iter=series("early_stop_iter"),
                    test_acc=record["test_acc"], seconds=record.get("seconds", 0.0),
-                   instability=instability if isinstance(instability, int | float) else None)
+                   instability=series("instability") if measured else None)
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def load_sweep_data(path: str) -> SweepData:
     status = sweep_status(path)
     trials = []
     for row in status["trials"]:
-        records = round_records(status["experiment_dir"], row["config_hash"], [])  # status warned already
+        records = trial_records(spec, row, [])  # status warned already
         trials.append(TrialRow(trial_id=row["trial_id"], state=row["state"], params=row["params"],
                                stopped_early=row["stopped_early"],
                                config_hash=row["config_hash"], objective=row["objective"],

@@ -47,6 +47,7 @@ class TrialSource:
     engine_dir: str  # a local folder or a URI
     label: str  # the trial id or config hash asked for, or the run folder
     objective: ObjectiveConfig  # the sweep's (the default objective for a run folder)
+    rounds: int | None = None  # a sweep trial's own rounds, when its config's store may hold more; None: all
 
 
 def is_run_dir(path: str) -> bool:
@@ -71,7 +72,7 @@ def locate(path: str, trial: str | None) -> TrialSource:
     by_config = storage.join(spec.experiment_dir, "by_config")
     if storage.exists(storage.join(by_config, trial, "engine", "state.pt")):
         return TrialSource(storage.join(by_config, trial, "engine"), trial, objective)
-    from lth_sweep.sweep.status import trial_rows  # reads Tune's files; starts no Ray
+    from lth_sweep.sweep.status import own_rounds, trial_rows  # reads Tune's files; starts no Ray
 
     row = next((r for r in trial_rows(spec.experiment_dir) if r["trial_id"] == trial), None)
     if row is None:
@@ -80,7 +81,7 @@ def locate(path: str, trial: str | None) -> TrialSource:
     engine = storage.join(by_config, str(row["config_hash"]), "engine")
     if row["config_hash"] is None or not storage.exists(storage.join(engine, "state.pt")):
         raise UserError("TRIAL", f"trial {trial} has not finished a round yet: no ticket to export")
-    return TrialSource(engine, trial, objective)
+    return TrialSource(engine, trial, objective, own_rounds(spec, row))
 
 
 @contextlib.contextmanager
@@ -137,7 +138,7 @@ def build_ticket(source: TrialSource, round_index: int | None, replicate: int) -
     with local_copy(source.engine_dir) as engine:
         config = load_experiment(engine / "config.yaml")
         state = load_file(engine / "state.pt", "PATH")
-        records = state.get("records") or []
+        records = [r for r in state.get("records") or [] if source.rounds is None or r["round"] < source.rounds]
         if not records:
             raise UserError("TRIAL", f"{source.label} has not finished a round yet: no ticket to export")
         if state.get("pruned_at") is None:
@@ -146,7 +147,9 @@ def build_ticket(source: TrialSource, round_index: int | None, replicate: int) -
         if round_index is None:
             round_index = default_round(records, source.objective, source.label)
         if not 0 <= round_index < len(records):
-            raise UserError("--round", f"{round_index}: allowed are the finished rounds 0..{len(records) - 1}")
+            more = (f" (the trial's own; its config {config.config_hash()} has more, trained by a trial with more "
+                    "rounds: give the config hash as TRIAL for those)" if len(state["records"]) > len(records) else "")
+            raise UserError("--round", f"{round_index}: allowed are the finished rounds 0..{len(records) - 1}{more}")
         if not 0 <= replicate < config.replicates:
             raise UserError("--replicate", f"{replicate}: allowed 0..{config.replicates - 1} "
                                            f"(the trial trains {config.replicates} replicates)")

@@ -11,7 +11,7 @@ from lth_sweep import storage
 from lth_sweep.sweep.objectives import pareto_front
 from lth_sweep.sweep.packing import members_of
 from lth_sweep.sweep.schema import objective_metrics
-from lth_sweep.sweep.spec import load_spec
+from lth_sweep.sweep.spec import LaunchSpec, load_spec
 
 SNAPSHOT_PREFIX = "experiment_state-"  # Tune's experiment snapshot, one per driver session
 # Tune's snapshots record a RUNNING trial as PENDING (so that a restore starts it again): one with rounds done is
@@ -70,9 +70,11 @@ def trial_rows(experiment_dir: str, warnings: list[str] | None = None) -> list[d
     return rows
 
 
-def round_records(experiment_dir: str, config_hash: str | None, warnings: list[str]) -> list[dict[str, Any]]:
-    """A config's finished rounds, from its engine's `rounds.jsonl`. The file is written atomically, so a line
-    that cannot be read means it was damaged: the rounds before it are kept, and `warnings` says which file."""
+def round_records(experiment_dir: str, config_hash: str | None, warnings: list[str],
+                  rounds: int | None = None) -> list[dict[str, Any]]:
+    """A config's finished rounds (its first `rounds` only, when given), from its engine's `rounds.jsonl`. The
+    file is written atomically, so a line that cannot be read means it was damaged: the rounds before it are
+    kept, and `warnings` says which file."""
     if config_hash is None:
         return []
     path = storage.join(experiment_dir, "by_config", config_hash, "engine", "rounds.jsonl")
@@ -91,14 +93,27 @@ def round_records(experiment_dir: str, config_hash: str | None, warnings: list[s
                             f"from there on are left out; its state.pt still holds them")
             break
         records.append(record)
-    return records
+    return records if rounds is None else [r for r in records if r["round"] < rounds]
 
 
-def round_points(experiment_dir: str, rows: list[dict[str, Any]], warnings: list[str]) -> list[dict[str, Any]]:
+def own_rounds(spec: LaunchSpec, row: dict[str, Any]) -> int:
+    """How many of its config's rounds are the trial's own: its `prune.rounds`, or those done when a scheduler
+    ended it. The config's store can hold more, trained by a trial of the same config with more rounds
+    (`prune.rounds` is not part of the config hash)."""
+    planned = spec.rounds_of(row["params"])
+    return min(planned, row["rounds_done"]) if row["state"] == "TERMINATED" else planned
+
+
+def trial_records(spec: LaunchSpec, row: dict[str, Any], warnings: list[str]) -> list[dict[str, Any]]:
+    """The finished rounds of the trial (or pack member) of a `trial_rows` row."""
+    return round_records(spec.experiment_dir, row["config_hash"], warnings, own_rounds(spec, row))
+
+
+def round_points(spec: LaunchSpec, rows: list[dict[str, Any]], warnings: list[str]) -> list[dict[str, Any]]:
     """Every finished round of every trial (from the by-config engine state), for the Pareto front."""
     return [{"trial_id": row["trial_id"], "round": record["round"], "density": record["density"],
              "val_acc": record["val_acc"], "test_acc": record.get("test_acc")}
-            for row in rows for record in round_records(experiment_dir, row["config_hash"], warnings)]
+            for row in rows for record in trial_records(spec, row, warnings)]
 
 
 def sweep_status(path: str, top: int = 5) -> dict[str, Any]:
@@ -125,5 +140,5 @@ def sweep_status(path: str, top: int = 5) -> dict[str, Any]:
                   and isinstance(r["objective"], int | float) and not math.isnan(r["objective"])]
         scored.sort(key=lambda r: r["objective"], reverse=modes[0] == "max")
         status["best"] = scored[:top]
-    status["pareto"] = pareto_front(round_points(experiment_dir, rows, warnings))
+    status["pareto"] = pareto_front(round_points(spec, rows, warnings))
     return status
