@@ -77,7 +77,9 @@ def test_the_lottery_ticket_plot_draws_every_trial_its_control_and_its_spread(re
         tickets = {d.trial_id: d for d in on_axes if d.kind == "ticket"}
         controls = {d.trial_id: d for d in on_axes if d.kind == "control"}
         bands = {d.trial_id: d for d in on_axes if d.kind == "band"}
-        assert set(tickets) == set(controls) == set(bands) == {t["trial_id"] for t in reported.status["trials"]}
+        control_bands = {d.trial_id: d for d in on_axes if d.kind == "control band"}
+        assert (set(tickets) == set(controls) == set(bands) == set(control_bands)
+                == {t["trial_id"] for t in reported.status["trials"]})
         for trial in reported.status["trials"]:
             records = h.engine_rounds(reported.sweep.dir, trial["config_hash"])
             ticket, control, band = tickets[trial["trial_id"]], controls[trial["trial_id"]], bands[trial["trial_id"]]
@@ -92,6 +94,11 @@ def test_the_lottery_ticket_plot_draws_every_trial_its_control_and_its_spread(re
                 at_x = [y for x, y in zip(band.x, band.y, strict=True) if x == pytest.approx(100 * r["density"])]
                 assert min(at_x) == pytest.approx(r[metric] - r[f"{metric}_std"])
                 assert max(at_x) == pytest.approx(r[metric] + r[f"{metric}_std"])
+            for r in with_control:  # and the control's band, its control's
+                at_x = [y for x, y in zip(control_bands[trial["trial_id"]].x, control_bands[trial["trial_id"]].y,
+                                          strict=True) if x == pytest.approx(100 * r["density"])]
+                assert min(at_x) == pytest.approx(r[f"control_{metric}"] - r[f"control_{metric}_std"])
+                assert max(at_x) == pytest.approx(r[f"control_{metric}"] + r[f"control_{metric}_std"])
         (dense,) = [d for d in on_axes if d.kind == "dense"]
         dense_record = h.engine_rounds(reported.sweep.dir, best["config_hash"])[0]
         assert dense.trial_id == best["trial_id"] and dense.y == pytest.approx([dense_record[metric]])

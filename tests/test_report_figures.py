@@ -79,6 +79,26 @@ def test_instability_is_drawn_for_the_rounds_that_measured_it(pareto_sweep: Swee
     assert instability.png.startswith(b"\x89PNG\r\n\x1a\n")
 
 
+def test_instability_shows_the_controls_and_the_stable_bound(raw_config: dict[str, Any], tmp_path: Path) -> None:
+    """The control's instability dashed beside its ticket (Frankle et al. 2020 compare the two), and the bound
+    below which a round is stable: the paper's 2%, or the objective's own bound when it scores stability."""
+    rows = [record(0, 1.0, 0.90, 0.01), record(1, 0.8, 0.89, 0.02), record(2, 0.64, 0.85, 0.04)]
+    for r in rows[1:]:
+        r.update(control="random_mask", control_val_acc=0.8, control_test_acc_at_early_stop=0.79,
+                 control_early_stop_iter=50.0, control_instability=r["instability"] + 0.1)
+    for objective, bound in (("matching_density", 0.02), ("stable_matching_density", 0.05)):
+        raw_config.update(control="random_mask", stability={"points": 3})
+        data = sweep_data(raw_config, tmp_path, [trial("a", 0.2, rows)], objective)
+        if objective == "stable_matching_density":
+            data.spec.sweep.objective.instability_bound = bound
+        figure = next(f for f in figs.all_figures(data) if f.name == "instability.png")
+        drawn = {d.kind: d for d in figure.series}
+        assert drawn["ticket"].y == pytest.approx([0.01, 0.02, 0.04])
+        assert drawn["control"].x == pytest.approx([80, 64]) and drawn["control"].y == pytest.approx([0.12, 0.14])
+        assert drawn["control"].linestyle == "--"
+        assert drawn["bound"].y == pytest.approx([bound]) and f"{bound:g}: below it a round is stable" in figure.caption
+
+
 def test_a_sweep_without_a_finished_round_draws_nothing(raw_config: dict[str, Any], tmp_path: Path) -> None:
     data = sweep_data(raw_config, tmp_path, [trial("a", 0.3, []), trial("b", 0.4, [])], "matching_density")
     assert figs.all_figures(data) == []

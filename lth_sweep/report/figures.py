@@ -6,12 +6,14 @@ no figure is ever drawn empty."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from lth_sweep.report.data import RoundRow, Series, SweepData, TrialRow, is_number
+from lth_sweep.sweep.schema import ObjectiveConfig
 
 TRIAL_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 BEST_COLOR = "#d62728"
@@ -79,10 +81,10 @@ def read_line(axes_name: str, line, trial_id: str | None, kind: str) -> Drawn:
                  [float(v) for v in line.get_ydata()], str(line.get_linestyle()))
 
 
-def read_band(axes_name: str, band, trial_id: str, label: str) -> Drawn:
+def read_band(axes_name: str, band, trial_id: str, label: str, kind: str = "band") -> Drawn:
     """A fill_between band as (x, lower) then (x, upper) along its outline."""
     vertices = band.get_paths()[0].vertices
-    return Drawn(axes_name, label, trial_id, "band", [float(v) for v in vertices[:, 0]],
+    return Drawn(axes_name, label, trial_id, kind, [float(v) for v in vertices[:, 0]],
                  [float(v) for v in vertices[:, 1]])
 
 
@@ -152,9 +154,10 @@ def trial_styles(data: SweepData, trials: list[TrialRow]) -> dict[str, dict]:
 
 
 def draw_metric(ax, axes_name: str, data: SweepData, metric: Callable[[RoundRow], Series],
-                drawn: list[Drawn], dense: bool = True) -> None:
-    """One line per trial (with its replicate band), its control dashed beside it, the dense reference."""
-    trials = data.with_rounds
+                drawn: list[Drawn], dense: bool = True, trials: list[TrialRow] | None = None) -> None:
+    """One line per trial (with its replicate band), its control dashed beside it, the dense reference and the
+    winning tickets (when `dense`). `trials`: those with rounds, unless given."""
+    trials = data.with_rounds if trials is None else trials
     styles = trial_styles(data, trials)
     for trial in trials:
         style = styles[trial.trial_id]
@@ -183,6 +186,13 @@ def draw_metric(ax, axes_name: str, data: SweepData, metric: Callable[[RoundRow]
                               marker="x", markersize=3, color=style["color"], linewidth=style["linewidth"] * 0.8,
                               zorder=style["zorder"], alpha=style["alpha"], label="_nolegend_")
             drawn.append(read_line(axes_name, line, trial.trial_id, "control"))
+            if any(v.control_std is not None for _, v in controlled):
+                band = ax.fill_between([px for px, _ in controlled],
+                                       [v.control - (v.control_std or 0) for _, v in controlled],
+                                       [v.control + (v.control_std or 0) for _, v in controlled], color=style["color"],
+                                       alpha=0.08, linewidth=0, zorder=style["zorder"] - 1)
+                drawn.append(read_band(axes_name, band, trial.trial_id, f"{trial.trial_id} control ±1 std",
+                                       "control band"))
     best = data.best[0] if data.best and data.best[0].rounds else None
     if dense and best is not None and best.rounds[0].round == 0:
         dense_value = metric(best.rounds[0]).ticket
@@ -438,30 +448,40 @@ def pareto(data: SweepData) -> Figure | None:
     return styled(draw)
 
 
+# Frankle et al. (2020) call a network stable when its error barrier is below 2%: the bound's default
+STABLE_BELOW = ObjectiveConfig.model_fields["instability_bound"].default
+
+
 def instability(data: SweepData) -> Figure | None:
     """Linear-mode-connectivity instability against weights remaining, when the rounds measured it."""
-    trials = [t for t in data.with_rounds if any(r.instability is not None for r in t.rounds)]
+    trials = [dataclasses.replace(t, rounds=[r for r in t.rounds if r.instability is not None])
+              for t in data.with_rounds]
+    trials = [t for t in trials if t.rounds]  # each with the rounds that measured it
     if not trials:
         return None
+    objective = data.spec.sweep.objective
+    bound = objective.instability_bound if objective.name == "stable_matching_density" else STABLE_BELOW
+    bound_words = ("objective.instability_bound" if objective.name == "stable_matching_density"
+                   else "the paper's threshold")
 
     def draw() -> Figure:
         fig, (ax,) = figure(7.0, 3.8)
-        styles = trial_styles(data, trials)
-        drawn = []
-        for trial in trials:
-            rows = [r for r in trial.rounds if r.instability is not None]
-            style = styles[trial.trial_id]
-            (line,) = ax.plot([r.percent_remaining for r in rows], [r.instability for r in rows], marker="o",
-                              color=style["color"], linewidth=style["linewidth"], zorder=style["zorder"],
-                              alpha=style["alpha"], label=style["label"])
-            drawn.append(read_line("instability", line, trial.trial_id, "ticket"))
-        percent_axis(ax, [r.percent_remaining for t in trials for r in t.rounds if r.instability is not None])
-        ax.set_ylabel("Instability (error barrier)")
+        drawn: list[Drawn] = []
+        draw_metric(ax, "instability", data, lambda r: r.instability, drawn, dense=False, trials=trials)
+        line = ax.axhline(bound, color="#888888", linestyle="-.", linewidth=0.9, zorder=1,
+                          label=f"stable below {bound:g}")
+        drawn.append(Drawn("instability", str(line.get_label()), None, "bound", [], [float(bound)], "-."))
+        ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
+        ax.set_ylabel("Instability (test error barrier)")
         ax.set_title("Instability to SGD noise")
-        fig.legend(loc="outside right upper", frameon=False)  # beside the axes: inside, it covered the lines
+        legend(fig, ax, data)  # beside the axes: inside, it covered the lines
         return Figure("instability.png", "Instability", "Each round's `instability` as the trial recorded it "
-                      "(stability.points): the rise in error along the linear path between two copies of the network "
-                      "trained on different data orders; near 0 = stable.", to_png(fig), drawn, inches(fig))
+                      "(stability.points): the rise in test error along the linear path between two copies of the "
+                      "network trained on different data orders, as a fraction (0.02 = 2 points); the dash-dotted "
+                      f"line is {bound_words}, {bound:g}: below it a round is stable"
+                      + control_caption(data)
+                      + (f"; bands are ±1 std over {data.replicates_text} replicates" if data.replicates > 1 else "")
+                      + ".", to_png(fig), drawn, inches(fig))
 
     return styled(draw)
 
@@ -485,7 +505,7 @@ def instability_vs_rewind(data: SweepData) -> Figure | None:
         measured = [r for r in trial.rounds if r.instability is not None]
         if measured:
             sparsest = min(measured, key=lambda r: r.density)
-            points.append((rewind_iteration(data, trial), sparsest.instability, sparsest.percent_remaining,
+            points.append((rewind_iteration(data, trial), sparsest.instability.ticket, sparsest.percent_remaining,
                            trial.trial_id))
     if not points:
         return None

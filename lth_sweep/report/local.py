@@ -18,7 +18,8 @@ from lth_sweep.report.page import TopTrial, render
 CSV_NAME = "rounds.csv"
 CSV_KEYS = ["trial_id", "config_hash", "round", "density", "val_acc", "val_acc_std", "test_acc",
             "test_acc_at_early_stop", "test_acc_at_early_stop_std", "early_stop_iter", "train_loss", "control",
-            "control_val_acc", "control_test_acc_at_early_stop", "control_early_stop_iter", "instability", "seconds"]
+            "control_val_acc", "control_test_acc", "control_test_acc_at_early_stop", "control_early_stop_iter",
+            "instability", "instability_std", "control_instability", "seconds"]
 
 
 @dataclass(frozen=True)
