@@ -7,6 +7,7 @@ entity and `Report.save`)."""
 
 from __future__ import annotations
 
+import csv
 import html.parser
 import json
 import shlex
@@ -67,6 +68,8 @@ def test_the_report_writes_the_page_its_figures_and_rounds_csv(reported: Reporte
             image.verify()
     lines = (reported.out / "rounds.csv").read_text().splitlines()
     assert len(lines) == 1 + NUM_SAMPLES * ROUNDS
+    rows = list(csv.DictReader(lines))
+    assert sum(row["control_test_acc"] != "" for row in rows) == NUM_SAMPLES * (ROUNDS - 1)  # no dense control
 
 
 def test_the_lottery_ticket_plot_draws_every_trial_its_control_and_its_spread(reported: Reported) -> None:
