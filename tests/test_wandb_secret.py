@@ -2,19 +2,22 @@
 
 Two real sweeps (Ray local, Optuna, W&B) with a fake key in the environment. Offline (`WANDB_MODE=offline`):
 the runs are offline files. Online with W&B's host unreachable (a closed loopback port; no W&B server can
-exist here): each trial gives up on W&B's start-up after a few seconds and writes offline files instead.
+exist here), stored in a bucket of moto's S3 server: each trial gives up on W&B's start-up after a few seconds,
+writes offline files instead and copies them to the bucket.
 Each run has a private HOME (W&B's credential file, caches, its core debug logs), TMPDIR and RAY_TMPDIR (Ray's
 session logs, runtime_env_agent.log among them); a binary-safe search of those and of the sweep folder finds
 the key nowhere."""
 
 from __future__ import annotations
 
+import shlex
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sweep_helpers as h
+from s3_server import CREDENTIALS, S3Server
 
 from lth_sweep.errors import UserError
 from lth_sweep.sweep.tracking import resolve_mode
@@ -49,8 +52,10 @@ def files_holding(secret: str, *roots: Path) -> list[Path]:
     return found
 
 
-def launch_with_key(base: Path, data_root: Path, ray_tmp: Path, **env_extra: str | None) -> tuple[h.Sweep, list[Path]]:
-    """A 2-trial sweep with `mode: auto` and the fake key; returns it and the folders to search."""
+def launch_with_key(base: Path, data_root: Path, ray_tmp: Path, storage: str | None = None,
+                    **env_extra: str | None) -> tuple[h.Sweep, list[Path]]:
+    """A 2-trial sweep with `mode: auto` and the fake key, stored in `base/storage` or at the URI `storage`;
+    returns it and the folders to search."""
     tree = h.sweep_tree(data_root, epochs=2, rounds=2, num_samples=NUM_SAMPLES, max_concurrent=NUM_SAMPLES,
                         wandb={"project": "lth-sweep-tests", "mode": "auto"})
     home, tmp = base / "home", base / "tmp"
@@ -63,7 +68,8 @@ def launch_with_key(base: Path, data_root: Path, ray_tmp: Path, **env_extra: str
             env.pop(key, None)
         else:
             env[key] = value
-    result = h.run_cli("launch", sweep_file, "--storage", base / "storage", cwd=base, env=env, timeout=240)
+    result = h.run_cli("launch", sweep_file, "--storage", storage or base / "storage", cwd=base, env=env,
+                       timeout=240)
     return h.Sweep(base / "storage" / "imp", tree, result, base, env), [base, ray_tmp]
 
 
@@ -89,8 +95,11 @@ def test_offline_mode_in_the_environment_wins_and_the_key_is_nowhere(tmp_path: P
 
 
 def test_unreachable_online_falls_back_to_offline_files_and_the_key_is_nowhere(tmp_path: Path, data_root: Path,
-                                                                                ray_tmp: Path) -> None:
-    sweep, searched = launch_with_key(tmp_path, data_root, ray_tmp, WANDB_MODE=None,
+                                                                                ray_tmp: Path, s3: S3Server) -> None:
+    """In a bucket (moto's S3 server): the runs that fell back to offline files are copied there like an
+    offline sweep's, so they outlive the node, and the summary says how to fetch and upload them."""
+    sweep, searched = launch_with_key(tmp_path, data_root, ray_tmp, s3.uri("fallback"), **CREDENTIALS,
+                                      WANDB_MODE=None,
                                       WANDB_BASE_URL="http://127.0.0.1:9",  # loopback port 9: refused at once
                                       WANDB_INIT_TIMEOUT="4")  # W&B retries until the bound: keep it short
     out = sweep.launch.stdout + sweep.launch.stderr  # the terminal: one warning line per trial
@@ -100,11 +109,12 @@ def test_unreachable_online_falls_back_to_offline_files_and_the_key_is_nowhere(t
         sweep.launch.explain()
     warning = next(line for line in out.splitlines() if FALLBACK_WARNING in line)
     assert "written offline under" in warning and "wandb sync" in warning
-    assert f"W&B runs were written offline; upload them with: wandb sync {sweep.dir}/" in sweep.launch.stdout, \
-        "the summary says how to upload the runs that fell back (it did so only for an offline sweep)"
-    rounds = offline_runs_with_rounds(sweep.dir)
+    assert (f"W&B runs were written offline; upload them with: lth-sweep fetch {shlex.quote(s3.uri('fallback/imp'))}"
+            f" --wandb") in sweep.launch.stdout, "the summary says how to upload the runs that fell back"
+    copy = s3.download("fallback/imp", tmp_path / "bucket")
+    rounds = offline_runs_with_rounds(copy)
     assert len(rounds) == NUM_SAMPLES and all(r == [0, 1] for r in rounds.values()), rounds
-    debug_logs = list((tmp_path / "home").rglob("*.log")) + list(sweep.dir.rglob("debug*.log"))
+    debug_logs = list((tmp_path / "home").rglob("*.log")) + list(copy.rglob("debug*.log"))
     assert debug_logs, "W&B's debug logs are not where we look"
     assert files_holding(FAKE_KEY, *searched) == []
 

@@ -120,7 +120,7 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
             for run in runs:
                 run.finish_wandb()
             for run in runs:  # after the last run's end stopped W&B's service: every offline file is whole
-                run.mirror.wandb_runs()
+                run.mirror_wandb()
 
 
 def replay(trials: list[Trial], on_round: Callable[..., None], report: Callable[[], None]) -> None:

@@ -143,7 +143,6 @@ class RemoteMirror:
 
     def __init__(self, spec: LaunchSpec, config_hash: str, root: Path) -> None:
         self.enabled = storage.is_uri(spec.experiment_dir)
-        self.wandb_enabled = self.enabled and spec.wandb_mode == "offline"
         self.engine = storage.Uploader(root / "engine", by_config(spec, config_hash, "engine"),
                                        last=("rounds.jsonl",))
         self.wandb = wandb_uploader(root / "wandb", by_config(spec, config_hash, "wandb"))
@@ -152,9 +151,10 @@ class RemoteMirror:
         if self.enabled:
             self.engine.upload()
 
-    def wandb_runs(self) -> None:
-        """Best effort, like all W&B tracking: a failed copy is logged and never fails the trial."""
-        if not self.wandb_enabled:
+    def wandb_runs(self, offline: bool) -> None:
+        """Copies the offline runs (`offline`: the sweep's mode, or this trial's after W&B could not start
+        online). Best effort, like all W&B tracking: a failed copy is logged and never fails the trial."""
+        if not (self.enabled and offline):
             return
         try:
             self.wandb.upload()
@@ -224,7 +224,11 @@ class ConfigRun:
     def sync(self) -> None:
         """Sends what changed to the remote store (URI storage only)."""
         self.mirror.engine_state()
-        self.mirror.wandb_runs()
+        self.mirror_wandb()
+
+    def mirror_wandb(self) -> None:
+        """Sends the offline W&B runs to the remote store (URI storage only)."""
+        self.mirror.wandb_runs(self.tracker is not None and self.tracker.mode == "offline")
 
     def take_notices(self) -> list[str]:
         notices = list(self.tracker.notices) if self.tracker is not None else []
@@ -243,7 +247,7 @@ class ConfigRun:
 
     def close(self) -> None:
         self.finish_wandb()
-        self.mirror.wandb_runs()
+        self.mirror_wandb()
 
     def finish_wandb(self) -> None:
         """Ends the W&B run. Its offline file is whole only once W&B's service stopped, which the last run of the
