@@ -412,8 +412,15 @@ def cluster_validate(files: tuple[Path, ...]) -> None:
     """Check cluster files offline (default: every YAML under ./cluster/); one line per file."""
     from lth_sweep.sweep.cluster import cluster_files, validate_file
 
-    for path in cluster_files(files):
-        click.echo(validate_file(path).line())
+    refused = 0
+    for path in cluster_files(files):  # every file gets its line, the refused ones too
+        try:
+            click.echo(validate_file(path).line())
+        except UserError as err:
+            click.echo(f"lth-sweep: error: {err}", err=True)
+            refused += 1
+    if refused:
+        sys.exit(2)
 
 
 @cli.command()

@@ -443,9 +443,12 @@ CLI_BREAKS = {
 def test_cli_refuses_a_broken_copy_with_exit_2_naming_the_file(broken, case):
     name, mutate, expected = CLI_BREAKS[case]
     path = broken(name, mutate)
-    proc = run_validate(CLUSTER_DIR / "aws-gpu.yaml", path)
+    proc = run_validate(CLUSTER_DIR / "aws-gpu.yaml", path, CLUSTER_DIR / "local-multinode.yaml")
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stdout.startswith(f"{CLUSTER_DIR / 'aws-gpu.yaml'}: ok ("), proc.stdout
+    # a line for every file: the one after the broken copy is checked too
+    first, after = proc.stdout.splitlines()
+    assert first.startswith(f"{CLUSTER_DIR / 'aws-gpu.yaml'}: ok ("), proc.stdout
+    assert after.startswith(f"{CLUSTER_DIR / 'local-multinode.yaml'}: ok ("), proc.stdout
     (line,) = proc.stderr.splitlines()
     assert line.startswith(f"lth-sweep: error: {path}: "), line
     assert expected in line, line
@@ -520,14 +523,21 @@ def test_head_that_offers_cpus_is_refused(broken):
     assert problem(path).startswith("available_node_types.ray.head.cpu.resources.CPU = 8: the head must run no trials")
 
 
-def test_head_with_num_cpus_zero_flag_is_the_equivalent(broken):
-    def flag_instead_of_resource(cfg: dict[str, Any]) -> None:
-        cfg["available_node_types"]["ray.head.cpu"]["resources"] = {}
-        cfg["head_start_ray_commands"][1] = cfg["head_start_ray_commands"][1].replace("--head", "--head --num-cpus=0")
+def test_a_cloud_head_needs_cpu_0_in_its_resources_not_the_flag(broken):
+    """On AWS/GCP `ray up` fills a node type's missing resources in from its machine type and passes them to
+    `ray start` as RAY_OVERRIDE_RESOURCES, which wins over `--num-cpus=0`: the head would get 8 CPUs."""
+    for name in ("aws-gpu.yaml", "gcp-gpu.yaml"):
+        head = "ray.head.cpu" if name == "aws-gpu.yaml" else load(CLUSTER_DIR / name)["head_node_type"]
 
-    assert validate_file(broken("aws-gpu.yaml", flag_instead_of_resource)).line()
-    path = broken("aws-gpu.yaml", lambda c: c["available_node_types"]["ray.head.cpu"].update(resources={}))
-    assert "the head must run no trials" in problem(path)
+        def flag_only(cfg: dict[str, Any], head: str = head) -> None:
+            cfg["available_node_types"][head]["resources"] = {}
+            cfg["head_start_ray_commands"] = [c.replace("--head", "--head --num-cpus=0")
+                                              for c in cfg["head_start_ray_commands"]]
+
+        assert problem(broken(name, flag_only)) == (
+            f"available_node_types.{head}.resources.CPU is not set: the head must run no trials; set it to 0 (the "
+            "driver and Optuna need no CPU resource; on a cloud, Ray fills a missing CPU in from the machine type, "
+            "over --num-cpus in `ray start`)")
 
 
 def test_local_head_without_num_cpus_zero_is_refused(broken):
@@ -669,6 +679,9 @@ def test_literal_secret_in_a_kubernetes_env_entry_is_refused(broken, name, value
     f"  - export WANDB_API_KEY={FAKE_WANDB_KEY}\n",
     f"  - wandb login {FAKE_WANDB_KEY[:8]} && MY_APP_SECRET='{FAKE_AWS_SECRET}' run\n",
     "# aws_access_key_id = AKIAIOSFODNN7EXAMPLE\n",
+    f"  - wandb login --relogin {FAKE_WANDB_KEY}\n",  # the key as the command's argument
+    f"  - wandb login --host https://wandb.example.org '{FAKE_WANDB_KEY}'\n",
+    f"  - aws configure set aws_secret_access_key {FAKE_AWS_SECRET}\n",
 ])
 def test_literal_secret_in_a_command_or_comment_is_refused(tmp_path, line):
     text = (CLUSTER_DIR / "local-multinode.yaml").read_text()
@@ -683,6 +696,8 @@ def test_literal_secret_in_a_command_or_comment_is_refused(tmp_path, line):
 def test_secret_references_are_allowed(broken):
     def references(doc: dict[str, Any]) -> None:
         doc["setup_commands"].append("wandb login $WANDB_API_KEY && echo ${AWS_SECRET_ACCESS_KEY:+set}")
+        doc["setup_commands"].append("wandb login --host https://wandb.example.org --relogin && "
+                                     "aws configure set aws_secret_access_key \"$AWS_SECRET_ACCESS_KEY\"")
 
     assert validate_file(broken("local-multinode.yaml", references)).line()
     assert validate_file(broken("kuberay/rayjob.yaml", secret_env("WANDB_API_KEY", "$(WANDB_KEY_FROM_ENV)"))).line()

@@ -43,6 +43,11 @@ KEY_LIKE_RE = re.compile(r"^(?=.*[0-9])(?=.*[A-Za-z])[A-Za-z0-9+/=_.\-]{16,}$")
 AWS_KEY_ID_RE = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
 ASSIGNMENT_RE = re.compile(
     r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)[\"']?\s*[=:]\s*[\"']?(?P<value>[^\s\"',;&|}\]]+)")
+# Commands that take a key as an argument: `wandb login [options] KEY`, `aws configure set aws_secret_access_key V`
+WANDB_LOGIN_RE = re.compile(r"\bwandb\s+login\b(?P<args>[^;&|\n]*)")
+AWS_CONFIGURE_RE = re.compile(
+    r"\baws\s+configure\s+set\s+(?P<name>aws_secret_access_key|aws_access_key_id|aws_session_token)\s+"
+    r"[\"']?(?P<value>[^\s\"';&|]+)")
 
 
 class Problem(Exception):
@@ -207,6 +212,15 @@ def secret_problem(text: str) -> str | None:
             name, value = match["name"], match["value"]
             if SECRET_NAME_RE.search(name.upper()) and not is_reference(value) and looks_like_key(value):
                 return secret_message(number, name)
+        for match in WANDB_LOGIN_RE.finditer(line):
+            if any(looks_like_key(arg.strip("\"'")) for arg in match["args"].split() if not arg.startswith("-")):
+                return (f"line {number}: `wandb login` is given a literal key; never write a key in a file: put "
+                        "WANDB_API_KEY in the node's environment (a Kubernetes Secret, or ~/.lth-sweep/cluster-env) "
+                        "and run `wandb login` without one, or not at all")
+        for match in AWS_CONFIGURE_RE.finditer(line):
+            if not is_reference(match["value"]):
+                return (f"line {number}: `aws configure set {match['name']}` is given a literal value; never write a "
+                        "key in a file: use an IAM role (instance profile) or a Kubernetes Secret")
     return None
 
 
@@ -280,18 +294,19 @@ def head_problem(cfg: dict[str, Any], prepared: dict[str, Any]) -> str | None:
     """The head runs the driver and the search only: its CPU resource is 0, so no trial is placed there."""
     head_type = prepared["head_node_type"]
     head_resources = (prepared["available_node_types"][head_type] or {}).get("resources") or {}
-    if cfg["provider"]["type"] != "local" and "CPU" in head_resources:
-        # Ray hands the node type's resources to `ray start` (RAY_OVERRIDE_RESOURCES), above its flags.
-        if head_resources["CPU"] != 0:
-            return (f"available_node_types.{head_type}.resources.CPU = {head_resources['CPU']!r}: the head must "
-                    "run no trials; set it to 0 (the driver and Optuna need no CPU resource)")
+    if cfg["provider"]["type"] != "local":
+        # Ray fills a cloud node type's missing resources in from its machine type and hands them to `ray start`
+        # (RAY_OVERRIDE_RESOURCES), above its flags: `--num-cpus=0` there does not keep trials off the head
+        if head_resources.get("CPU") != 0:
+            value = f" = {head_resources['CPU']!r}" if "CPU" in head_resources else " is not set"
+            return (f"available_node_types.{head_type}.resources.CPU{value}: the head must run no trials; set it "
+                    "to 0 (the driver and Optuna need no CPU resource; on a cloud, Ray fills a missing CPU in from "
+                    "the machine type, over --num-cpus in `ray start`)")
         return None
     if any(NUM_CPUS_ZERO_RE.search(str(c)) for c in prepared.get("head_start_ray_commands") or []):
         return None
-    where = "head_start_ray_commands" if cfg["provider"]["type"] == "local" else \
-        f"available_node_types.{head_type}.resources"
-    return (f"{where}: the head must run no trials; give it CPU: 0 in its resources, or --num-cpus=0 "
-            "in its `ray start --head` command")
+    return ("head_start_ray_commands: the head must run no trials; give it CPU: 0 in its resources, or "
+            "--num-cpus=0 in its `ray start --head` command")
 
 
 def launcher_images(cfg: dict[str, Any]) -> list[tuple[str, Any]]:
