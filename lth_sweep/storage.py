@@ -57,7 +57,13 @@ def filesystem(location: str, key: str = "storage") -> tuple[pafs.FileSystem, st
 
     if not is_uri(location):
         return pafs.LocalFileSystem(), str(Path(location.removeprefix("file://")).absolute())
-    scheme = location.partition("://")[0].lower()
+    scheme, _, rest = location.partition("://")
+    scheme = scheme.lower()
+    if "@" in rest.partition("/")[0]:  # the message leaves the URI out: it would print the secret
+        raise UserError(key, f"a {scheme}:// URI with credentials in it (user:secret@bucket) is refused: the URI is "
+                             "written into the sweep's files and Ray's logs; give the keys in the environment "
+                             "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS) or use "
+                             "the node's role")
     if scheme not in URI_SCHEMES:
         raise UserError(key, f"{location}: unknown storage scheme '{scheme}://'; allowed: {ALLOWED}")
     try:

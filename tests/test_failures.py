@@ -166,6 +166,19 @@ def test_unknown_uri_scheme(cli_here: Callable[..., Any], sweep_file: Path) -> N
     one_line_error(cli_here("status", "ftp://host/sweeps/imp"), 2, "ftp://", "s3://")
 
 
+def test_a_uri_with_credentials_in_it_is_refused_without_repeating_them(cli_here: Callable[..., Any],
+                                                                         sweep_file: Path) -> None:
+    """pyarrow accepts s3://KEY:SECRET@bucket/...; the URI would go into sweep.json, Tune's files and the terminal."""
+    secret = "lthUriSecret0123456789abcdef"
+    for args in (("launch", sweep_file, "--storage", f"s3://testing:{secret}@bucket/sweeps"),
+                 ("status", f"s3://testing:{secret}@bucket/sweeps/imp"),
+                 ("ticket", "export", f"gs://user:{secret}@bucket/sweeps/imp", "t0", "--out", "ticket.pt")):
+        result = cli_here(*args)
+        one_line_error(result, 2, "credentials in it", "AWS_SECRET_ACCESS_KEY")
+        assert secret not in result.stdout + result.stderr
+    assert not (sweep_file.parent / "runs").exists()
+
+
 def test_unreachable_storage_is_one_line(cli_cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An S3 endpoint nobody answers (loopback port 9, refused at once): pyarrow's OSError becomes one line. The
     AWS SDK retries for ~6 s before it gives up, so the three commands run side by side, as processes."""
