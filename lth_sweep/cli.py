@@ -342,7 +342,7 @@ def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) 
         status = sweep_status(spec.experiment_dir)
         if is_finished(status):
             echo(f"sweep {spec.name} at {spec.experiment_dir} is finished ({len(status['trials'])} trials); "
-                 f"nothing to resume; see: lth-sweep status {spec.experiment_dir}")
+                 f"nothing to resume; see: lth-sweep status {shlex.quote(spec.experiment_dir)}")
             return
         check_ray_temp_dir(address)
         echo(f"# resuming sweep {spec.name} at {spec.experiment_dir}")

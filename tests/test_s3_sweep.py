@@ -9,6 +9,7 @@ Optuna, pyarrow, W&B offline; only S3 itself is moto's.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,10 @@ def test_resume_from_the_uri_finishes_every_trial(interrupted: Interrupted, stat
     assert status["counts"] == {"TERMINATED": NUM_SAMPLES}
     assert all(trial["rounds_done"] == ROUNDS for trial in status["trials"]), status["trials"]
     h.assert_every_round_once(interrupted.local, status["trials"], ROUNDS)
+    if interrupted.prefix == "sweeps-alone":  # once: the printed command quotes the URI (its & would fork)
+        again = h.run_cli("resume", interrupted.uri, cwd=interrupted.base, env=interrupted.env, timeout=120)
+        assert f"nothing to resume; see: lth-sweep status {shlex.quote(interrupted.uri)}" in again.stdout, \
+            again.explain()
 
 
 def test_no_round_was_trained_twice(interrupted: Interrupted, status: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ Reads storage only: no Ray is started.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ def locate(path: str, trial: str | None) -> TrialSource:
     spec = load_spec(path)
     if trial is None:
         raise UserError("TRIAL", f"give a trial id or config hash of the sweep at {spec.experiment_dir} "
-                                 f"(`lth-sweep status {spec.experiment_dir}` lists them)")
+                                 f"(`lth-sweep status {shlex.quote(spec.experiment_dir)}` lists them)")
     objective = spec.sweep.objective
     by_config = storage.join(spec.experiment_dir, "by_config")
     if storage.exists(storage.join(by_config, trial, "engine", "state.pt")):
@@ -77,7 +78,7 @@ def locate(path: str, trial: str | None) -> TrialSource:
     row = next((r for r in trial_rows(spec.experiment_dir) if r["trial_id"] == trial), None)
     if row is None:
         raise UserError("TRIAL", f"no trial id or config hash '{trial}' in the sweep at {spec.experiment_dir} "
-                                 f"(`lth-sweep status {spec.experiment_dir}` lists them)")
+                                 f"(`lth-sweep status {shlex.quote(spec.experiment_dir)}` lists them)")
     engine = storage.join(by_config, str(row["config_hash"]), "engine")
     if row["config_hash"] is None or not storage.exists(storage.join(engine, "state.pt")):
         raise UserError("TRIAL", f"trial {trial} has not finished a round yet: no ticket to export")
