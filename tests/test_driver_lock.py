@@ -21,7 +21,7 @@ import pytest
 import sweep_helpers as h
 
 from lth_sweep.errors import UserError
-from lth_sweep.sweep.lock import LEASE_FILE, LOCK_FILE, Lease, LocalLock, driver_lock, held_error
+from lth_sweep.sweep.lock import LEASE_FILE, LOCK_FILE, Lease, LocalLock, check_not_held, driver_lock, held_error
 
 NUM_SAMPLES, ROUNDS = 2, 3
 
@@ -56,6 +56,12 @@ def test_second_driver_is_refused_and_a_killed_one_is_taken_over(tmp_path: Path,
         assert str(sweep_dir / LOCK_FILE) in lines[0] and f"lth-sweep resume {sweep_dir}" in lines[0]
         assert refused.stdout == "" and "Traceback" not in refused.stderr
         assert not any(second_ray.iterdir()), "the refused driver started Ray"
+        # launching it again says who runs it, not "resume it"
+        relaunched = h.run_cli("launch", sweep_file, "--storage", tmp_path / "storage", cwd=tmp_path,
+                               env=h.cli_env(second_ray), timeout=120)
+        assert relaunched.returncode == 2 and relaunched.stdout == "", relaunched.explain()
+        assert f"this sweep is being run by pid {first.pid} on host {socket.gethostname()}" in relaunched.stderr
+        assert not any(second_ray.iterdir()), "the refused driver started Ray"
         assert first.poll() is None, "the first driver ended before it could be killed mid-sweep"
 
         h.kill_group(first.pid)
@@ -86,6 +92,18 @@ def test_local_lock_refuses_a_second_holder_and_is_released(tmp_path: Path) -> N
     first.release()
     assert second.acquire() is None  # a clean release leaves nobody to take over from
     second.release()
+
+
+def test_check_not_held_names_a_live_holder_and_takes_nothing(tmp_path: Path) -> None:
+    sweep_dir = str(tmp_path / "imp")
+    check_not_held(sweep_dir)  # no lock file yet
+    holder = LocalLock(sweep_dir)
+    holder.acquire()
+    with pytest.raises(UserError, match=f"being run by pid {os.getpid()} on host"):
+        check_not_held(sweep_dir)
+    holder.release()
+    check_not_held(sweep_dir)
+    assert LocalLock(sweep_dir).acquire() is None  # the check left the lock free
 
 
 def test_local_lock_reports_the_dead_holder_it_takes_over(tmp_path: Path) -> None:

@@ -387,6 +387,9 @@ def prepare_launch(sweep: SweepConfig, experiment: dict[str, Any], storage_locat
     storage.check_location(root, "--storage" if storage_location else "storage")
     experiment_dir = storage.join(root, sweep.name)
     if storage.exists(storage.join(experiment_dir, SPEC_FILE)):
+        from lth_sweep.sweep.lock import check_not_held
+
+        check_not_held(experiment_dir)  # a running sweep says who runs it
         raise UserError("--name", f"a sweep named '{sweep.name}' already exists at {experiment_dir}; "
                                   f"continue it with: lth-sweep resume {shlex.quote(experiment_dir)} "
                                   "(or pick another --name)")

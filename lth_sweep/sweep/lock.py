@@ -209,6 +209,30 @@ class Lease:
             log.warning("could not remove the driver lease %s: %s", self.location, err)
 
 
+def check_not_held(experiment_dir: str) -> None:
+    """Raises the UserError a second driver gets (naming the pid and host) when a live driver holds the sweep;
+    takes nothing (for `launch` on a sweep that exists: running is a better answer than "resume it")."""
+    if storage.is_uri(experiment_dir):
+        fs, path = pafs.FileSystem.from_uri(storage.join(experiment_dir, LEASE_FILE))
+        lease = Lease(fs, path, experiment_dir)
+        found = lease.read()
+        if lease.live_rival(found):
+            raise lease._held(found)
+        return
+    path = Path(experiment_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file: no driver ever held it here
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        raise held_error(str(path), read_holder(fd), experiment_dir) from None
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def driver_lock(experiment_dir: str) -> Iterator[dict[str, Any] | None]:
     """Holds the sweep for this driver; yields the record of a dead driver whose hold it took over, if any.
