@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lth_sweep.errors import UserError
+from lth_sweep.errors import UserError, not_text
 
 DATASETS = ("mnist1d", "mnist", "fashion_mnist", "cifar10")
 MODELS = ("mlp", "lenet_300_100", "conv2", "conv4", "conv6", "resnet20", "vgg16")
@@ -264,6 +264,8 @@ def read_yaml(path: str | Path, key: str = "file") -> dict[str, Any]:
         raise UserError(key, f"{path} does not exist or is not a file")
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as err:
+        raise not_text(path, err) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

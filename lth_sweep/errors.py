@@ -33,6 +33,12 @@ class CorruptFile(UserError):
         return type(self), (self.path, self.reason)
 
 
+def not_text(path: str | Path, err: UnicodeDecodeError) -> UserError:
+    """A text file (YAML, JSON) that does not decode: damaged, or not the file it should be."""
+    return UserError(str(path), f"cannot be read: it is not UTF-8 text (byte {err.start}), so it is damaged or "
+                                "not the file it should be; put back an intact copy")
+
+
 class RunFailure(Exception):
     """The world failed while running (disk full, file system gone read-only): exit 1, naming the file."""
 

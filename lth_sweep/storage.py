@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lth_sweep.errors import UserError
+from lth_sweep.errors import UserError, not_text
 
 if TYPE_CHECKING:  # imported where used: a local `lth-sweep run` needs no pyarrow (nor a torch-only GPU box)
     import pyarrow.fs as pafs
@@ -106,11 +106,15 @@ def exists(location: str) -> bool:
 
 
 def read_text(location: str) -> str:
-    if not is_uri(location):
-        return Path(location).read_text()
-    fs, path = filesystem(location)
-    with fs.open_input_stream(path) as stream:
-        return stream.read().decode()
+    """A text file; one that is not UTF-8 (overwritten, damaged) is a UserError naming it."""
+    try:
+        if not is_uri(location):
+            return Path(location).read_text()
+        fs, path = filesystem(location)
+        with fs.open_input_stream(path) as stream:
+            return stream.read().decode()
+    except UnicodeDecodeError as err:
+        raise not_text(location, err) from None
 
 
 def write_text(location: str, text: str) -> None:

@@ -166,6 +166,19 @@ def test_unknown_uri_scheme(cli_here: Callable[..., Any], sweep_file: Path) -> N
     one_line_error(cli_here("status", "ftp://host/sweeps/imp"), 2, "ftp://", "s3://")
 
 
+def test_a_file_that_is_not_utf8_text_is_one_line(cli_here: Callable[..., Any], tmp_path: Path) -> None:
+    """An experiment file or a sweep's sweep.json overwritten with binary: before, a UnicodeDecodeError traceback."""
+    experiment = tmp_path / "binary.yaml"
+    experiment.write_bytes(b"seed: 0\xff\xfe\n")
+    one_line_error(cli_here("run", experiment, "--out", tmp_path / "out"), 2, str(experiment), "not UTF-8 text")
+    assert not (tmp_path / "out").exists()
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_bytes(b"\xff\xfe\x00{")
+    for command in ("status", "report"):
+        one_line_error(cli_here(command, sweep), 2, str(sweep / "sweep.json"), "not UTF-8 text")
+
+
 def test_a_uri_with_credentials_in_it_is_refused_without_repeating_them(cli_here: Callable[..., Any],
                                                                          sweep_file: Path) -> None:
     """pyarrow accepts s3://KEY:SECRET@bucket/...; the URI would go into sweep.json, Tune's files and the terminal."""

@@ -202,21 +202,26 @@ def test_status_and_report_keep_the_rounds_before_a_damaged_line_of_rounds_jsonl
     shutil.copytree(sweep.dir, copy)
     for name in ("progress.csv", "result.json"):
         (sorted(copy.glob("trial_*"))[0] / name).unlink()
-    damaged = sorted(copy.glob("by_config/*/engine/rounds.jsonl"))[0]
+    damaged, cut_first, not_text, *intact = sorted(copy.glob("by_config/*/engine/rounds.jsonl"))
     lines = damaged.read_text().splitlines()
     damaged.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    cut_first.write_text(cut_first.read_text()[:30])  # no round left: its trial has no ticket, and says why
+    not_text.write_bytes(b"\xff\xfe\x00garbage")
     report = tmp_path / "report"
     status = h.run_cli("status", copy, cwd=sweep.cwd, env=sweep.env, timeout=120)  # Tune's loggers: the real stderr
     for result in (status, cli_here("report", copy, "--out", report)):
         assert result.returncode == 0, result
         warnings = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(warnings) == 1 and str(damaged) in warnings[0] and f"line {len(lines)}" in warnings[0], result
+        assert len(warnings) == 3, result
+        for path, words in ((damaged, f"line {len(lines)} "), (cut_first, "line 1 "), (not_text, "not UTF-8 text")):
+            (warning,) = [w for w in warnings if str(path) in w]
+            assert words in warning, result
     with (report / "rounds.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     config_hash = damaged.parent.parent.name
     assert [int(r["round"]) for r in rows if r["config_hash"] == config_hash] == list(range(len(lines) - 1))
-    intact = sum(len(p.read_text().splitlines()) for p in copy.glob("by_config/*/engine/rounds.jsonl")) - 1
-    assert len(rows) == intact, "every other config keeps all its rounds"
+    assert len(rows) == len(lines) - 1 + sum(len(p.read_text().splitlines()) for p in intact), \
+        "every other config keeps all its rounds"
 
 
 def test_launching_the_same_name_again_exits_2_and_leaves_it_alone(sweep: h.Sweep) -> None:

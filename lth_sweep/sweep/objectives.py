@@ -83,6 +83,8 @@ def winning_words(objective: ObjectiveConfig) -> str:
 
 def no_winning_round(records: list[dict[str, Any]], objective: ObjectiveConfig) -> str:
     """Why `winning_round` found none, in words."""
+    if not records:
+        return "none of its rounds can be read yet"
     if dense_did_not_learn(records, objective.min_dense_val_acc):
         return (f"its dense network did not learn (val_acc {records[0]['val_acc']:.4g} < objective.min_dense_val_acc "
                 f"{objective.min_dense_val_acc:g})")

@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from lth_sweep import storage
+from lth_sweep.errors import UserError
 from lth_sweep.sweep.objectives import pareto_front
 from lth_sweep.sweep.packing import members_of
 from lth_sweep.sweep.schema import objective_metrics
@@ -80,8 +81,13 @@ def round_records(experiment_dir: str, config_hash: str | None, warnings: list[s
     path = storage.join(experiment_dir, "by_config", config_hash, "engine", "rounds.jsonl")
     if not storage.exists(path):
         return []
+    try:
+        text = storage.read_text(path)
+    except UserError as err:  # not text at all
+        warnings.append(f"{err}; the config's rounds are left out; its state.pt still holds them")
+        return []
     records = []
-    for number, line in enumerate(storage.read_text(path).splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
