@@ -66,6 +66,8 @@ def filesystem(location: str, key: str = "storage") -> tuple[pafs.FileSystem, st
                              "the node's role")
     if scheme not in URI_SCHEMES:
         raise UserError(key, f"{location}: unknown storage scheme '{scheme}://'; allowed: {ALLOWED}")
+    if not rest.partition("?")[0].partition("/")[0]:
+        raise UserError(key, f"{location}: names no bucket; allowed: {ALLOWED}")
     try:
         return pafs.FileSystem.from_uri(location)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
@@ -76,7 +78,8 @@ def normalize(location: str) -> str:
     """Absolute local path (Ray requires one) or the URI unchanged."""
     if is_uri(location):
         base, sep, query = location.partition("?")
-        return base.rstrip("/") + sep + query
+        scheme, _, path = base.partition("://")
+        return f"{scheme}://{path.rstrip('/')}{sep}{query}"  # s3:// stays a URI (and names no bucket)
     return str(Path(location.removeprefix("file://")).expanduser().resolve())
 
 

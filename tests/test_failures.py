@@ -164,6 +164,8 @@ def test_unknown_uri_scheme(cli_here: Callable[..., Any], sweep_file: Path) -> N
                           "--storage", "ftp://", "s3://", "gs://")
     assert "folder" in line
     one_line_error(cli_here("status", "ftp://host/sweeps/imp"), 2, "ftp://", "s3://")
+    for no_bucket in ("s3://", "s3:///sweeps", "gs://?endpoint_override=http://127.0.0.1:9"):
+        one_line_error(cli_here("launch", sweep_file, "--storage", no_bucket), 2, "--storage", "names no bucket")
 
 
 def test_a_file_that_is_not_utf8_text_is_one_line(cli_here: Callable[..., Any], tmp_path: Path) -> None:
