@@ -493,7 +493,8 @@ def run_command(argv: list[str] | None) -> None:
         click.echo(f"lth-sweep: error: {err.format_message()}", err=True)
         sys.exit(2)
     except (click.Abort, KeyboardInterrupt):
-        click.echo("lth-sweep: interrupted; run the same command again to resume", err=True)
+        command = shlex.join(["lth-sweep", *(sys.argv[1:] if argv is None else argv)])
+        click.echo(f"lth-sweep: interrupted; resume with the same command: {command}", err=True)
         sys.exit(130)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)

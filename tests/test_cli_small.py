@@ -105,3 +105,21 @@ def test_run_accepts_an_empty_folder_and_resumes_its_own(capsys: pytest.CaptureF
     assert first.returncode == 0, first
     again = main_here(capsys, "run", config, "--out", out, "--set", "prune.rounds=1")  # a trial's folder: resumes
     assert again.returncode == 0, again
+
+
+def test_ctrl_c_in_run_prints_the_command_that_resumes_it(capsys: pytest.CaptureFixture[str], write_config: Any,
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit 130 with the command to run again (a KeyboardInterrupt raised where Ctrl+C lands: in training)."""
+    from lth_sweep.engine.lottery import Trial
+
+    def interrupted(self: Trial) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trial, "run", interrupted)
+    out = tmp_path / "my run"
+    config = write_config()
+    result = main_here(capsys, "run", config, "--out", out, "--set", "prune.rounds=2")
+    assert result.returncode == 130, result
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"lth-sweep: interrupted; resume with the same command: lth-sweep run {config} --out '{out}' "
+        "--set prune.rounds=2")
