@@ -324,6 +324,7 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
 def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) -> None:
     """Continue an interrupted sweep; finished rounds are never recomputed."""
     from lth_sweep.sweep.launch import (
+        check_address,
         check_cluster_storage,
         check_ray_temp_dir,
         check_resources,
@@ -337,6 +338,7 @@ def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) 
     if shared_storage:
         spec = spec.model_copy(update={"sweep": spec.sweep.model_copy(update={"storage_shared": True})})
     check_resources(spec.sweep.resources, address)
+    check_address(address)
     check_cluster_storage(spec, address)
     with driver_lock(spec.experiment_dir) as dead_driver:  # first: a sweep another driver runs is not finished
         status = sweep_status(spec.experiment_dir)

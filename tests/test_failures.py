@@ -168,6 +168,18 @@ def test_unknown_uri_scheme(cli_here: Callable[..., Any], sweep_file: Path) -> N
         one_line_error(cli_here("launch", sweep_file, "--storage", no_bucket), 2, "--storage", "names no bucket")
 
 
+def test_a_cluster_address_nobody_answers_at_is_one_line(cli_here: Callable[..., Any], sweep_file: Path,
+                                                         tmp_path: Path) -> None:
+    """Before: `ray.init` retried the GCS connection for minutes, printing Ray's C++ log lines."""
+    storage = tmp_path / "storage"
+    for address in ("127.0.0.1:9", "ray://127.0.0.1:9"):  # loopback port 9: refused at once
+        one_line_error(cli_here("launch", sweep_file, "--storage", storage, "--address", address), 1,
+                       "--address", address, "no Ray cluster answers there")
+    one_line_error(cli_here("launch", sweep_file, "--storage", storage, "--address", "headnode"), 2,
+                   "--address", "HOST:PORT")
+    assert not storage.exists()
+
+
 def test_a_file_that_is_not_utf8_text_is_one_line(cli_here: Callable[..., Any], tmp_path: Path) -> None:
     """An experiment file or a sweep's sweep.json overwritten with binary: before, a UnicodeDecodeError traceback."""
     experiment = tmp_path / "binary.yaml"

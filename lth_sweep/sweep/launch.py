@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from typing import Any, NamedTuple
 
 from lth_sweep import storage
 from lth_sweep.config import build_experiment
-from lth_sweep.errors import UserError
+from lth_sweep.errors import RunFailure, UserError
 from lth_sweep.sweep.entry import imp_trainable
 from lth_sweep.sweep.optuna_store import StudyStore, check_new_study, store_location
 from lth_sweep.sweep.packing import remove_pack_checkpoints
@@ -294,6 +295,25 @@ def ray_temp_root() -> str:
     return "/tmp"
 
 
+def check_address(address: str | None) -> None:
+    """A cluster address (`--address` or RAY_ADDRESS) nobody answers at is one line, exit 1, before anything is
+    written: `ray.init` would retry the GCS connection for minutes, logging every try. `auto` and `local` are
+    Ray's to resolve."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError("--address", f"{address}: give HOST:PORT of the cluster's head (e.g. 10.0.0.5:6379), "
+                                     "ray://HOST:PORT, or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as err:
+        raise RunFailure("--address", f"{address}: no Ray cluster answers there ({err.strerror or err}); check that "
+                                      "its head runs (`ray status` on it) and that this machine can reach the "
+                                      "port") from None
+
+
 def check_ray_temp_dir(address: str | None) -> None:
     """Refuses, before Ray starts here, a temp folder whose socket paths are too long for Ray to start at all (a
     long TMPDIR, as batch schedulers set)."""
@@ -379,6 +399,7 @@ def prepare_launch(sweep: SweepConfig, experiment: dict[str, Any], storage_locat
     """The launch spec, checked; raises UserError if the sweep already exists or asks for resources that
     cannot exist here."""
     check_resources(sweep.resources, address)
+    check_address(address)
     if name is not None:
         sweep.name = name
     if not re.fullmatch(r"[A-Za-z0-9._-]+", sweep.name or ""):
