@@ -328,6 +328,7 @@ def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) 
         check_cluster_storage,
         check_ray_temp_dir,
         check_resources,
+        check_restorable,
         with_env_wandb_mode,
     )
     from lth_sweep.sweep.lock import driver_lock
@@ -346,6 +347,7 @@ def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) 
             echo(f"sweep {spec.name} at {spec.experiment_dir} is finished ({len(status['trials'])} trials); "
                  f"nothing to resume; see: lth-sweep status {shlex.quote(spec.experiment_dir)}")
             return
+        check_restorable(spec.experiment_dir)
         check_ray_temp_dir(address)
         echo(f"# resuming sweep {spec.name} at {spec.experiment_dir}")
         if dead_driver:

@@ -108,14 +108,18 @@ def exists(location: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def read_bytes(location: str) -> bytes:
+    if not is_uri(location):
+        return Path(location).read_bytes()
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
 def read_text(location: str) -> str:
     """A text file; one that is not UTF-8 (overwritten, damaged) is a UserError naming it."""
     try:
-        if not is_uri(location):
-            return Path(location).read_text()
-        fs, path = filesystem(location)
-        with fs.open_input_stream(path) as stream:
-            return stream.read().decode()
+        return read_bytes(location).decode()
     except UnicodeDecodeError as err:
         raise not_text(location, err) from None
 

@@ -224,6 +224,26 @@ def test_status_and_report_keep_the_rounds_before_a_damaged_line_of_rounds_jsonl
         "every other config keeps all its rounds"
 
 
+@pytest.mark.parametrize("damaged", ["experiment_state", "tuner.pkl"])
+def test_resume_names_a_damaged_tune_file_before_it_starts(sweep: h.Sweep, tmp_path: Path, damaged: str,
+                                                           ray_tmp: Path) -> None:
+    """Tune's snapshot or tuner.pkl cut short: before, a traceback after the header (Tune's unpickling error, or a
+    searcher restored without its search space). Now one line naming the file, exit 2, and no Ray."""
+    copy = tmp_path / "imp"
+    shutil.copytree(sweep.dir, copy)
+    (snapshot,) = copy.glob("experiment_state-*.json")
+    snapshot.write_bytes(snapshot.read_bytes()[:50])  # no trial listed: the sweep is not finished
+    if damaged == "tuner.pkl":
+        (copy / "tuner.pkl").write_bytes((copy / "tuner.pkl").read_bytes()[:30])
+    named = copy / "tuner.pkl" if damaged == "tuner.pkl" else snapshot
+    sessions = sorted((ray_tmp / "ray").glob("session_2*"))
+    result = h.run_cli("resume", copy, cwd=sweep.cwd, env=h.cli_env(ray_tmp), timeout=120)
+    assert result.returncode == 2 and result.stdout == "", result.explain()
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"lth-sweep: error: {named}: cannot be read, it is truncated or corrupt"), line
+    assert sorted((ray_tmp / "ray").glob("session_2*")) == sessions, "no Ray was started"
+
+
 def test_launching_the_same_name_again_exits_2_and_leaves_it_alone(sweep: h.Sweep) -> None:
     before = h.ledger(sweep.dir)
     names = sorted(p.name for p in sweep.dir.iterdir())

@@ -314,6 +314,35 @@ def check_address(address: str | None) -> None:
                                       "port") from None
 
 
+# What Tuner.restore reads (the file, or the newest of a prefix) and how it is stored: Tune pickles the search
+# generator's state into a file it names .json
+TUNE_STATE_FILES = (("tuner.pkl", None, "pickle"), ("experiment_state-", ".json", "json"),
+                    ("search_gen_state-", ".json", "pickle"), ("searcher-state-", ".pkl", "pickle"))
+
+
+def check_restorable(experiment_dir: str) -> None:
+    """The files Tune restores a sweep from can be read back; else one line naming the first that cannot, before
+    Ray starts (Tune would fail with a traceback, or restore a searcher with no search space)."""
+    import json
+    import pickle
+
+    names = storage.list_files(experiment_dir)
+    for prefix, suffix, form in TUNE_STATE_FILES:
+        found = [prefix] if suffix is None else sorted(n for n in names if n.startswith(prefix) and n.endswith(suffix))
+        if not found:
+            continue
+        path = storage.join(experiment_dir, found[-1])
+        try:
+            data = storage.read_bytes(path)
+            pickle.loads(data) if form == "pickle" else json.loads(data)
+        except FileNotFoundError:
+            continue
+        except Exception as err:  # noqa: BLE001 - unpickling a damaged file raises almost anything
+            raise UserError(path, f"cannot be read, it is truncated or corrupt ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0][:120] if str(err) else '-'}); resume needs it: put back "
+                                  "an intact copy (the trials' rounds are safe in by_config/)") from None
+
+
 def check_ray_temp_dir(address: str | None) -> None:
     """Refuses, before Ray starts here, a temp folder whose socket paths are too long for Ray to start at all (a
     long TMPDIR, as batch schedulers set)."""
