@@ -292,5 +292,19 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
     return build_experiment(read_yaml(path, "experiment"), overrides)
 
 
+def load_saved_experiment(path: str | Path) -> ExperimentConfig:
+    """A trial's own config.yaml, written by us: one that is empty or does not validate was damaged, which the
+    UserError says, naming the file (not a key of it, nor "a different experiment")."""
+    try:
+        data = read_yaml(path, str(path))
+        if not data:
+            raise UserError("", "it is empty")
+        return build_experiment(data)
+    except UserError as err:
+        reason = err.message if err.key in ("", str(path)) else str(err)
+        raise UserError(str(path), f"cannot be read as the trial's experiment ({reason}): it is damaged; put back "
+                                   "an intact copy") from None
+
+
 def dump_yaml(config: ExperimentConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

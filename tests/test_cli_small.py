@@ -123,3 +123,21 @@ def test_ctrl_c_in_run_prints_the_command_that_resumes_it(capsys: pytest.Capture
     assert result.stderr.strip().splitlines()[-1] == (
         f"lth-sweep: interrupted; resume with the same command: lth-sweep run {config} --out '{out}' "
         "--set prune.rounds=2")
+
+
+def test_a_damaged_config_yaml_in_the_trial_folder_is_named(capsys: pytest.CaptureFixture[str], write_config: Any,
+                                                            tmp_path: Path) -> None:
+    """Cut short, it failed on one of its keys without naming the file; emptied, it read as the default
+    experiment ("holds a different experiment")."""
+    out = tmp_path / "trial"
+    config = write_config()
+    assert main_here(capsys, "run", config, "--out", out, "--set", "prune.rounds=1").returncode == 0
+    saved = out / "config.yaml"
+    text = saved.read_text()
+    for damaged in (text[: len(text) // 3], ""):
+        saved.write_text(damaged)
+        result = main_here(capsys, "run", config, "--out", out, "--set", "prune.rounds=2")
+        assert result.returncode == 2, result
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"lth-sweep: error: {saved}: cannot be read as the trial's experiment ("), line
+        assert "it is damaged" in line

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from lth_sweep.checkpoint import load_torch, save_torch, write_text
-from lth_sweep.config import ExperimentConfig, dump_yaml, load_experiment
+from lth_sweep.config import ExperimentConfig, dump_yaml, load_saved_experiment
 from lth_sweep.engine import pruning, stability
 from lth_sweep.engine.data import DatasetSplits, load_dataset
 from lth_sweep.engine.models import build_model
@@ -176,7 +176,7 @@ class Trial:
         """An existing directory must hold the same experiment (same config hash)."""
         saved = self.out_dir / "config.yaml"
         if saved.exists():
-            previous = load_experiment(saved)
+            previous = load_saved_experiment(saved)
             if previous.config_hash() != self.config.config_hash():
                 raise UserError("--out", f"{self.out_dir} holds a different experiment (config "
                                          f"{previous.config_hash()}, this one is {self.config.config_hash()}); "

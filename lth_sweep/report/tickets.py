@@ -26,7 +26,7 @@ import torch
 
 from lth_sweep import storage
 from lth_sweep.checkpoint import load_torch, save_torch, write_text
-from lth_sweep.config import ExperimentConfig, build_experiment, load_experiment
+from lth_sweep.config import ExperimentConfig, build_experiment, load_saved_experiment
 from lth_sweep.engine.data import load_dataset
 from lth_sweep.engine.lottery import PER_REPLICATE_METRICS, Trial, masks_of_round
 from lth_sweep.engine.models import build_model
@@ -137,7 +137,7 @@ def initialization(config: ExperimentConfig, seed: int) -> dict[str, torch.Tenso
 
 def build_ticket(source: TrialSource, round_index: int | None, replicate: int) -> dict[str, Any]:
     with local_copy(source.engine_dir) as engine:
-        config = load_experiment(engine / "config.yaml")
+        config = load_saved_experiment(engine / "config.yaml")
         state = load_file(engine / "state.pt", "PATH")
         records = [r for r in state.get("records") or [] if source.rounds is None or r["round"] < source.rounds]
         if not records:
