@@ -94,6 +94,7 @@ def run(experiment: Path | None, overrides: tuple[str, ...], out: Path | None, t
     """Run one IMP trial (no Ray): train, prune, rewind, retrain for prune.rounds rounds.
 
     A larger prune.rounds on a finished trial's --out continues it; a smaller one reports its first rounds."""
+    from lth_sweep.checkpoint import load_torch
     from lth_sweep.config import load_experiment, parse_overrides
     from lth_sweep.engine.lottery import Trial
     from lth_sweep.storage import check_folder
@@ -113,6 +114,8 @@ def run(experiment: Path | None, overrides: tuple[str, ...], out: Path | None, t
     done = trial.records()
     if len(done) < config.prune.rounds:
         trial.check()  # the dataset (downloaded if asked) and the model, before the header
+        if done and trial.rewind_path.exists():
+            load_torch(trial.rewind_path)  # the rounds to come start from it: unreadable is said now
     click.echo(f"# {config.model.name} on {config.dataset.name}, {config.prune.rounds} rounds, "
                f"config {config.config_hash()}, device {trial.device} -> {out}")
     click.echo(round_header())

@@ -141,3 +141,16 @@ def test_a_damaged_config_yaml_in_the_trial_folder_is_named(capsys: pytest.Captu
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith(f"lth-sweep: error: {saved}: cannot be read as the trial's experiment ("), line
         assert "it is damaged" in line
+
+
+def test_an_unreadable_rewind_point_is_said_before_the_header(capsys: pytest.CaptureFixture[str], write_config: Any,
+                                                              tmp_path: Path) -> None:
+    out = tmp_path / "trial"
+    config = write_config()
+    assert main_here(capsys, "run", config, "--out", out, "--set", "prune.rounds=1").returncode == 0
+    rewind = out / "rewind.pt"
+    rewind.write_bytes(rewind.read_bytes()[:200])
+    result = main_here(capsys, "run", config, "--out", out, "--set", "prune.rounds=2")
+    assert result.returncode == 2 and result.stdout == "", result
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"lth-sweep: error: {rewind}: cannot be read, it is truncated or corrupt"), line
