@@ -313,7 +313,8 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint(tmp_path: Path, data
     finished = h.launch_sweep(tree, tmp_path, ray_tmp, name="flaky", **{FAIL_ONCE_ENV: "1"})
     assert finished.launch.returncode == 0, finished.launch.explain()
     assert "injected failure after round 1" in (finished.dir / DRIVER_LOG).read_text()  # Tune's report of it
-    assert "failed; restarting it from its last round" in finished.launch.stdout  # our progress line
+    assert "failed (RuntimeError: injected failure after round 1 " in finished.launch.stdout  # the error's line
+    assert "); restarting it from its last round" in finished.launch.stdout  # our progress line
     status = h.status_json(finished.dir, finished.cwd, finished.env)
     (row,) = status["trials"]
     assert row["state"] == "TERMINATED" and row["failures"] == 1 and row["rounds_done"] == 3, row

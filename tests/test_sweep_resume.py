@@ -227,6 +227,8 @@ def test_trials_that_failed_for_good_reach_optuna_complete_after_resume(pack: in
     tree["search"]["pack"] = pack
     sweep = h.launch_sweep(tree, tmp_path, ray_tmp, name="failed", **{h.FAIL_ONCE_ENV: "1"})
     assert sweep.launch.returncode == 1, sweep.launch.explain()
+    assert sweep.launch.stdout.count("failed for good (RuntimeError: injected failure after round 1") == 2 // pack, \
+        sweep.launch.explain()  # the error's own line on the terminal
     resumed = h.run_cli("resume", sweep.dir, cwd=sweep.cwd, env=sweep.env)
     assert resumed.returncode == 0, resumed.explain()
 

@@ -4,6 +4,7 @@ done, best objective so far); the terminal itself is lth_sweep.sweep.terminal.""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -84,7 +85,19 @@ class Progress(Callback):
             self.say(f"trial {trial.trial_id} ({result.get('config_hash', 'pack')}): warning: {result['notice']}")
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.say(f"trial {trial.trial_id} failed; restarting it from its last round")
+        self.say(f"trial {trial.trial_id} failed ({error_line(trial)}); restarting it from its last round")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.say(f"trial {trial.trial_id} failed for good (its error is in the log) | {self.overview(trials)}")
+        self.say(f"trial {trial.trial_id} failed for good ({error_line(trial)}; the traceback is in "
+                 f"{trial.error_file or 'the log'}) | {self.overview(trials)}")
+
+
+def error_line(trial: Any) -> str:
+    """The last line of the trial's error as Tune saved it (the exception and its message: a full disk names its
+    file there), or what to read instead."""
+    try:  # Tune appends each failure to the trial's local error file before it calls back
+        text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
+    except OSError:  # the error file itself may be unreadable (the disk that failed)
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "its error is in the log"
