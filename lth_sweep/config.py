@@ -24,7 +24,7 @@ TRAIN_EXAMPLES = {"mnist1d": 4000, "mnist": 60000, "fashion_mnist": 60000, "cifa
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DatasetConfig(Section):

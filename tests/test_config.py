@@ -293,3 +293,11 @@ def test_assignment_is_validated(make_config: Callable[..., ExperimentConfig]) -
     config = make_config()
     with pytest.raises(ValueError):
         config.train.lr = -1.0  # validate_assignment: the typed limits hold after construction too
+
+
+@pytest.mark.parametrize("key,value", [("train.lr", float("inf")), ("train.momentum", float("nan")),
+                                       ("prune.rate", float("inf")), ("train.weight_decay", float("-inf"))])
+def test_infinite_and_nan_values_are_refused(key: str, value: float) -> None:
+    """lr .inf trained to nan losses and val_acc at chance in every round, exit 0."""
+    err = user_error({}, {key: value})
+    assert err.key == key and "finite" in err.message, err

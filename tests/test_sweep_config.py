@@ -158,6 +158,14 @@ def test_overrides_reach_sweep_and_experiment(tmp_path: Path, data_root: Path) -
     assert sweep.search.space["rewind.iteration"].to_tune().upper == 51  # int bounds are inclusive
 
 
+def test_a_sweep_without_a_validation_set_is_refused(tmp_path: Path, data_root: Path) -> None:
+    """Every objective scores val_acc, which dataset.val_size 0 leaves nan (a `run` may go without one)."""
+    path = h.write_sweep(tmp_path / "s.yaml", h.sweep_tree(data_root))
+    with pytest.raises(UserError) as err:
+        load_sweep(path, {"dataset.val_size": 0})
+    assert err.value.key == "dataset.val_size" and "no validation set" in err.value.message
+
+
 def test_a_sweep_file_round_trips_through_the_spec(tmp_path: Path, data_root: Path) -> None:
     """What launch stores in sweep.json validates again (resume and status rebuild the sweep from it)."""
     sweep, _ = load_sweep(h.write_sweep(tmp_path / "s.yaml", h.sweep_tree(data_root)))

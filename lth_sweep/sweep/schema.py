@@ -303,7 +303,11 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
 
 
 def check_objective_needs(sweep: SweepConfig, experiment: dict[str, Any]) -> None:
-    """stable_matching_density reads each round's instability: the experiment must record it."""
+    """Every objective reads each round's val_acc: the experiment must hold a validation set out (a `run` may go
+    without one). stable_matching_density reads each round's instability: the experiment must record it."""
+    if "dataset.val_size" not in sweep.search.space and build_experiment(experiment).dataset.val_size == 0:
+        raise UserError("dataset.val_size", f"0 leaves no validation set, and the objective {sweep.objective.name} "
+                                            "scores each round's val_acc; give at least 1 (or leave it out)")
     if sweep.objective.name != "stable_matching_density" or "stability.points" in sweep.search.space:
         return
     if not build_experiment(experiment).stability.points:
