@@ -300,8 +300,8 @@ def check_address(address: str | None) -> None:
     written: `ray.init` would retry the GCS connection for minutes, logging every try. `auto` and `local` are
     Ray's to resolve."""
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address or address in ("auto", "local"):
-        return
+    if not address or address in ("auto", "local") or ("://" in address and not address.startswith("ray://")):
+        return  # Ray's to resolve (an http:// dashboard address is the job CLI's, not ray.init's)
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise UserError("--address", f"{address}: give HOST:PORT of the cluster's head (e.g. 10.0.0.5:6379), "
