@@ -346,7 +346,8 @@ def test_a_searched_round_count_is_each_trials_own(tmp_path: Path, data_root: Pa
     assert {row["trial_id"]: row["rounds_done"] for row in rows["trials"]} == chosen
     assert sorted(row["trial_id"] for row in rows["best"]) == sorted(chosen)
     for trial_id, rounds in chosen.items():
-        assert f"trial {trial_id} round {rounds}/{rounds}: " in sweep.launch.stdout, sweep.launch.explain()
+        assert f"trial {trial_id} round {rounds - 1} ({rounds}/{rounds} done): " in sweep.launch.stdout, \
+            sweep.launch.explain()
     # one config (`prune.rounds` is not in its hash), so its store holds 4 rounds; a 2-round trial's rows in the
     # report, its points for the Pareto front and its ticket are its own 2 rounds, as its objective is
     assert len({row["config_hash"] for row in rows["trials"]}) == 1

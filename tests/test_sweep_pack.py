@@ -121,7 +121,7 @@ def test_progress_prints_a_line_per_config_and_round(packed: h.Sweep, status: di
     lines = [line for line in packed.launch.stdout.splitlines() if " round " in line]
     for row in status["trials"]:
         assert [line.split(" round ")[1].split(":")[0] for line in lines if f"trial {row['trial_id']} " in line] \
-            == [f"{k}/{ROUNDS}" for k in range(1, ROUNDS + 1)]
+            == [f"{k - 1} ({k}/{ROUNDS} done)" for k in range(1, ROUNDS + 1)]
 
 
 def test_report_and_ticket_of_a_pack_member(packed: h.Sweep, status: dict[str, Any], tmp_path: Path) -> None:

@@ -78,7 +78,8 @@ class Progress(Callback):
             shown = ("density", "val_acc", "objective") if self.metric else ("density", "val_acc")  # Pareto: both
             values = ", ".join(f"{key} {format_value(member.result[key])}" for key in shown if key in member.result)
             stopped = " (stopped by ASHA)" if member.result.get("stopped") else ""
-            self.say(f"trial {member.member_id} round {rounds_done}/{self.spec.rounds_of(member.params)}: "
+            self.say(f"trial {member.member_id} round {rounds_done - 1} "  # numbered from 0, as everywhere else
+                     f"({rounds_done}/{self.spec.rounds_of(member.params)} done): "
                      f"{values}{stopped} | "
                      f"{self.overview(trials, (trial, result))}")
         if result.get("notice"):
