@@ -443,6 +443,10 @@ def fetch(path: str, out: Path, wandb_only: bool) -> None:
 
     spec = load_spec(path)
     runs = fetch_sweep(spec.experiment_dir, out, wandb_only)
+    if wandb_only and not runs:
+        click.echo(f"{spec.name} has no offline W&B runs (its trials logged online, or with W&B disabled): "
+                   f"nothing copied to {out}")
+        return
     click.echo(f"copied {'the W&B runs' if wandb_only else 'the sweep'} of {spec.name} to {out} "
                f"({len(runs)} offline W&B runs)")
     if runs:

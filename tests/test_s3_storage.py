@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
 import sweep_helpers as h
+from conftest import CliResult
 from s3_server import CREDENTIALS, S3Server
 
 from lth_sweep import storage
@@ -20,7 +22,7 @@ from lth_sweep.errors import UserError
 from lth_sweep.sweep.fetch import fetch_sweep, wandb_sync_command
 from lth_sweep.sweep.launch import check_storage_reaches_every_node, prepare_launch
 from lth_sweep.sweep.schema import load_sweep
-from lth_sweep.sweep.spec import LaunchSpec
+from lth_sweep.sweep.spec import LaunchSpec, save_spec
 from lth_sweep.sweep.tracking import LOGGED_ROUNDS_FILE
 from lth_sweep.sweep.trainable import (
     LEDGER_FILE,
@@ -149,6 +151,19 @@ def test_fetch_wandb_copies_only_the_wandb_folders_there_are(s3_env: S3Server, t
         [tmp_path / "all" / "by_config" / "a" / "wandb" / "wandb" / "offline-run-1-x"]
     assert (tmp_path / "all" / "by_config" / "b" / "engine" / "state.pt").read_text() == "state"
 
+
+
+def test_fetch_wandb_of_a_sweep_without_offline_runs_says_so(tmp_path: Path, data_root: Path,
+                                                              cli_here: Callable[..., CliResult]) -> None:
+    """A sweep whose trials logged online (or had W&B disabled) has nothing for `fetch --wandb`: the command says
+    that instead of reporting a copy to a folder it never made."""
+    spec = make_spec(tmp_path, data_root, str(tmp_path / "sweeps"))
+    save_spec(spec)
+    storage.write_text(storage.join(spec.experiment_dir, "by_config", "a", "engine", "state.pt"), "state")
+    fetched = cli_here("fetch", spec.experiment_dir, "--wandb", "--out", tmp_path / "out")
+    assert fetched.returncode == 0 and "has no offline W&B runs" in fetched.stdout, fetched
+    assert "nothing copied" in fetched.stdout, fetched
+    assert not (tmp_path / "out").exists()
 
 # ------------------------------------------------------------------------------------ gs:// (no server)
 
