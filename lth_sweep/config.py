@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from lth_sweep.errors import UserError, not_text
 
@@ -23,7 +24,22 @@ DEFAULT_VAL_SIZE = {"mnist1d": 500, "mnist": 5000, "fashion_mnist": 5000, "cifar
 TRAIN_EXAMPLES = {"mnist1d": 4000, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
 
 
-class Section(BaseModel):
+class NumbersNotBooleans(BaseModel):
+    """A YAML `true` where a number belongs is refused (pydantic would read it as 1: `seed: true` is seed 1)."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            accepted = set(get_args(annotation)) if isinstance(annotation, UnionType) else {annotation}
+            if bool not in accepted and accepted & {int, float}:
+                raise ValueError(f"{str(value).lower()} is a boolean; allowed: "
+                                 f"{'a number' if float in accepted else 'an integer'}")
+        return value
+
+
+class Section(NumbersNotBooleans):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 

@@ -301,3 +301,12 @@ def test_infinite_and_nan_values_are_refused(key: str, value: float) -> None:
     """lr .inf trained to nan losses and val_acc at chance in every round, exit 0."""
     err = user_error({}, {key: value})
     assert err.key == key and "finite" in err.message, err
+
+
+@pytest.mark.parametrize("key", ["seed", "replicates", "train.lr", "train.iterations", "dataset.val_size",
+                                 "runtime.threads"])
+def test_a_boolean_is_not_a_number(key: str) -> None:
+    """YAML `seed: true` used to train seed 1 (pydantic reads a bool as 1); a bool key takes one still."""
+    err = user_error({}, {key: True})
+    assert err.key == key and "true is a boolean; allowed:" in err.message, err
+    assert build_experiment({}, {"runtime.cuda_graph": True, "dataset.augment": False}).runtime.cuda_graph

@@ -251,3 +251,10 @@ def test_pack_auto_is_resolved_at_launch_to_one_on_a_cpu(tmp_path: Path, data_ro
     assert sweep.search.pack == "auto"
     spec = prepare_launch(sweep, experiment, str(tmp_path / "storage"), "auto")
     assert spec.sweep.search.pack == 1
+
+
+@pytest.mark.parametrize("key", ["search.num_samples", "search.seed", "max_failures", "objective.tolerance"])
+def test_a_boolean_is_not_a_number_in_a_sweep_file(key: str, tmp_path: Path, data_root: Path) -> None:
+    with pytest.raises(UserError) as info:
+        load_sweep(h.write_sweep(tmp_path / "sweep.yaml", h.sweep_tree(data_root)), {key: False})
+    assert info.value.key == key and "false is a boolean; allowed:" in info.value.message, str(info.value)

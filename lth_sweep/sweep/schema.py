@@ -9,14 +9,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lth_sweep.config import ExperimentConfig, build_experiment, read_yaml, set_dotted
+from lth_sweep.config import ExperimentConfig, NumbersNotBooleans, build_experiment, read_yaml, set_dotted
 from lth_sweep.errors import UserError
 from lth_sweep.storage import is_uri
 
 
-class Section(BaseModel):
+class Section(NumbersNotBooleans):
     model_config = ConfigDict(extra="forbid")
 
 
