@@ -107,6 +107,10 @@ def run(experiment: Path | None, overrides: tuple[str, ...], out: Path | None, t
     if experiment is None:
         raise click.UsageError("give an EXPERIMENT file (or --ticket FILE)")
     config = load_experiment(experiment, parse_overrides(overrides))
+    cores = os.cpu_count() or 1
+    if config.runtime.threads > cores:  # torch would start them all: far more than the cores can hang a round
+        raise UserError("runtime.threads", f"{config.runtime.threads} is more than the {cores} CPU cores here; "
+                                           f"allowed: 1 to {cores}")
     out = out or Path("runs") / f"{experiment.stem}-{config.config_hash()}"
     check_folder(out, "--out")
     check_trial_folder(out)
