@@ -258,3 +258,14 @@ def test_a_boolean_is_not_a_number_in_a_sweep_file(key: str, tmp_path: Path, dat
     with pytest.raises(UserError) as info:
         load_sweep(h.write_sweep(tmp_path / "sweep.yaml", h.sweep_tree(data_root)), {key: False})
     assert info.value.key == key and "false is a boolean; allowed:" in info.value.message, str(info.value)
+
+
+def test_asha_whose_first_rung_is_past_the_last_round_is_refused(tmp_path: Path, data_root: Path) -> None:
+    tree = h.sweep_tree(data_root, rounds=3)
+    tree["scheduler"] = {"name": "asha", "grace_rounds": 4}
+    with pytest.raises(UserError) as info:
+        load_sweep(h.write_sweep(tmp_path / "sweep.yaml", tree))
+    assert info.value.key == "scheduler.grace_rounds" and "allowed: 1 to 3" in info.value.message, str(info.value)
+    searched = {"prune.rounds": {"choice": [2, 4]}}  # the top of a searched round count is the last round
+    load_sweep(h.write_sweep(tmp_path / "searched.yaml", {**tree, "search": {**tree["search"], "space": searched}}))
+    load_sweep(h.write_sweep(tmp_path / "fifo.yaml", tree), {"scheduler.name": "fifo"})

@@ -299,7 +299,21 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
             raise
         raise UserError(f"experiment.{err.key}" if err.key != "experiment" else err.key, err.message) from None
     check_objective_needs(sweep, experiment)
+    check_scheduler_takes_effect(sweep, experiment)
     return sweep, experiment
+
+
+def check_scheduler_takes_effect(sweep: SweepConfig, experiment: dict[str, Any]) -> None:
+    """ASHA whose first rung comes after the last round would stop nothing, silently. (FIFO ignores ASHA's keys,
+    so that `--set scheduler.name=fifo` works on a sweep file written for ASHA.)"""
+    scheduler = sweep.scheduler
+    if scheduler.name != "asha":
+        return
+    space = sweep.search.space.get("prune.rounds")
+    rounds = max(int(v) for v in space.extremes()) if space else build_experiment(experiment).prune.rounds
+    if scheduler.grace_rounds > rounds:
+        raise UserError("scheduler.grace_rounds", f"{scheduler.grace_rounds} is past the last round ({rounds} "
+                                                  f"rounds): ASHA would stop nothing; allowed: 1 to {rounds}")
 
 
 def check_objective_needs(sweep: SweepConfig, experiment: dict[str, Any]) -> None:
