@@ -213,3 +213,24 @@ def test_an_optuna_storage_that_is_not_a_url_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="optuna.storage"):
         SweepConfig.model_validate({"optuna": {"storage": "somewhere/db.sqlite"}})
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "random", "nsga2"])
+def test_every_sampler_goes_through_tunes_pickles_and_samples_on(sampler: str, tmp_path: Path) -> None:
+    """Tune pickles the searcher with its sampler into tuner.pkl and every snapshot; Optuna 5.1's NSGA-II holds a
+    thread lock, which made every `search.sampler: nsga2` launch exit 1 with a traceback."""
+    from lth_sweep.sweep.launch import make_sampler
+    from lth_sweep.sweep.schema import SweepConfig
+
+    directions = ["min", "max"] if sampler in ("nsga2", "tpe", "random") else ["min"]
+    metric = ["density", "val_acc"] if len(directions) == 2 else "objective"
+    searcher = StoredOptunaSearch(StudyStore(str(tmp_path / "journal.log"), "imp", directions), study_name="imp",
+                                  sampler=make_sampler(SweepConfig.model_validate({"search": {"sampler": sampler}})))
+    searcher = cloudpickle.loads(cloudpickle.dumps(searcher))
+    searcher.set_search_properties(metric, directions[0] if len(directions) == 1 else directions, SPACE)
+    for n in range(3):
+        assert set(searcher.suggest(f"t{n}")) == set(SPACE)
+        searcher = cloudpickle.loads(cloudpickle.dumps(searcher))  # a snapshot between trials
+        values = {"density": 0.5 - n / 10, "val_acc": 0.6, "objective": 0.5 - n / 10, "training_iteration": 1}
+        searcher.on_trial_complete(f"t{n}", values)
+    assert [t.state.name for t in stored_trials(tmp_path / "journal.log")] == ["COMPLETE"] * 3

@@ -34,12 +34,14 @@ from lth_sweep.sweep.tracking import resolve_mode
 def make_sampler(sweep: SweepConfig):
     import optuna
 
+    from lth_sweep.sweep.optuna_search import PicklableNSGAIISampler
+
     seed = sweep.search.seed
     return {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
         "gp": lambda: optuna.samplers.GPSampler(seed=seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+        "nsga2": lambda: PicklableNSGAIISampler(seed=seed),
     }[sweep.search.sampler]()
 
 

@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import tempfile
+import threading
 from typing import Any
 
 import optuna
@@ -22,6 +23,26 @@ from ray.tune.search.optuna import OptunaSearch
 
 from lth_sweep.sweep.optuna_store import RESUMED_ATTR, TUNE_TRIAL_ATTR, StudyStore
 from lth_sweep.sweep.packing import MEMBERS_KEY, PACK_KEY, member_id
+
+
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """NSGA-II that pickles: Optuna 5.1's genetic samplers hold a threading.Lock, and Tune pickles the searcher
+    with its sampler into tuner.pkl and every searcher snapshot (the lock is made anew when unpickled)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
+# The study's system attributes carry the sampler's class name (BaseGASampler.__init_subclass__): keep NSGA-II's,
+# so the generations of a study are found whichever of the two classes sampled it.
+PicklableNSGAIISampler._GENERATION_KEY = optuna.samplers.NSGAIISampler._GENERATION_KEY
+PicklableNSGAIISampler._PARENT_CACHE_KEY_PREFIX = optuna.samplers.NSGAIISampler._PARENT_CACHE_KEY_PREFIX
 
 
 class StoredOptunaSearch(OptunaSearch):
