@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 RAY_LINE = "Started a local Ray instance"  # Ray's own line, from ray.init in the driver
 NOISE = ("TensorBoard", "Tuner.restore", "token", "Trial status", "╭", "Checkpoint successfully created")
-PROGRESS = re.compile(r"^\[\d+:\d\d\] trial \w+ round (\d+)/(\d+): .*\| \d+ running, (\d+)/(\d+) trials done")
+PROGRESS = re.compile(r"^\[\d+:\d\d\] trial \w+ round (\d+) \((\d+)/(\d+) done\): .*\| \d+ running, "
+                      r"(\d+)/(\d+) trials done")
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,9 @@ def test_launch_prints_progress_and_summary_in_few_lines(sweep: h.Sweep) -> None
         assert word not in output, f"{word!r} on the terminal:\n{output}"
     progress = [m for m in map(PROGRESS.match, sweep.launch.stdout.splitlines()) if m]
     assert len(progress) == num_samples * rounds, output  # one line per finished round
-    assert {int(m.group(2)) for m in progress} == {rounds}
-    assert int(progress[-1].group(3)) == num_samples and "best " in progress[-1].string
+    assert {int(m.group(3)) for m in progress} == {rounds}
+    assert all(int(m.group(1)) == int(m.group(2)) - 1 for m in progress)  # round r is the (r + 1)-th done
+    assert int(progress[-1].group(4)) == num_samples and "best " in progress[-1].string
     assert f"{num_samples}/{num_samples} trials" in output and "best trials:" in output  # our summary
     assert sweep.launch.stdout.rstrip().endswith(f"everything is under {sweep.dir}")  # nothing of Ray's after it
     assert str(sweep.dir / DRIVER_LOG) in lines[1]
