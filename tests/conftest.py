@@ -21,6 +21,18 @@ from lth_sweep.config import DatasetConfig, ExperimentConfig, build_experiment, 
 from lth_sweep.engine.data import DatasetSplits, load_dataset
 
 CPU = torch.device("cpu")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (after it, the marks change nothing)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With pytest-xdist (`-n 2 --dist loadgroup`, pyproject's addopts): every test of a module that uses
+    sweep_helpers (Ray started here or as a test cluster, sweeps as subprocesses, the S3 server) runs in one
+    worker, one after another, as without xdist; Ray's ports, its process groups and the sweeps' timing never meet
+    a second Ray. The engine's tests (torch, single-threaded) go to either worker."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and getattr(module, "h", None) is h:
+            item.add_marker(pytest.mark.xdist_group("ray"))
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_MNIST1D = REPO / "sweeps" / "experiments" / "mnist1d_mlp.yaml"
 
