@@ -5,6 +5,7 @@ with a real sweep is in test_sweep_resume.py."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import optuna
@@ -234,3 +235,20 @@ def test_every_sampler_goes_through_tunes_pickles_and_samples_on(sampler: str, t
         values = {"density": 0.5 - n / 10, "val_acc": 0.6, "objective": 0.5 - n / 10, "training_iteration": 1}
         searcher.on_trial_complete(f"t{n}", values)
     assert [t.state.name for t in stored_trials(tmp_path / "journal.log")] == ["COMPLETE"] * 3
+
+
+def test_an_nsga2_snapshot_from_optuna_5_0_resumes_and_snapshots_again(tmp_path: Path) -> None:
+    """Optuna 5.0's NSGA-II had no lock: its snapshot unpickles without one under 5.1, and its plain class (with the
+    lock 5.1 code adds) could not be pickled into the next snapshot."""
+    old = optuna.samplers.NSGAIISampler(seed=0)
+    del old._thread_lock  # what unpickling a 5.0 sampler gives
+    searcher = StoredOptunaSearch(None, sampler=optuna.samplers.RandomSampler(seed=0), study_name="imp")
+    searcher.set_search_properties("objective", "min", SPACE)
+    searcher._sampler = searcher._ot_study.sampler = old
+    with open(tmp_path / "searcher-state.pkl", "wb") as snapshot:
+        pickle.dump(searcher.__dict__.copy(), snapshot)
+    resumed = started(new_searcher(tmp_path / "journal.log"))
+    resumed.restore(str(tmp_path / "searcher-state.pkl"))
+    assert set(resumed.suggest("t0")) == set(SPACE)
+    resumed.save(str(tmp_path / "next.pkl"))
+    cloudpickle.dumps(resumed)

@@ -45,6 +45,14 @@ PicklableNSGAIISampler._GENERATION_KEY = optuna.samplers.NSGAIISampler._GENERATI
 PicklableNSGAIISampler._PARENT_CACHE_KEY_PREFIX = optuna.samplers.NSGAIISampler._PARENT_CACHE_KEY_PREFIX
 
 
+def made_picklable(sampler: Any) -> None:
+    """A plain NSGA-II pickled under Optuna 5.0 (no lock then) and restored under 5.1: it gets its lock, and the
+    class that pickles without it, so the next snapshot can be written."""
+    if type(sampler) is optuna.samplers.NSGAIISampler:
+        sampler.__class__ = PicklableNSGAIISampler
+        sampler.__dict__.setdefault("_thread_lock", threading.Lock())
+
+
 class StoredOptunaSearch(OptunaSearch):
     """OptunaSearch (in-memory study, saved and restored with Tune's snapshot) that copies its study into
     `store` after every ask, result and completion, and after a restore; a failed trial that a resume
@@ -109,6 +117,8 @@ class StoredOptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)  # the pickled __dict__: the study as Tune's snapshot had it
         self._store = store
         self.__dict__.setdefault("_resumed", {})  # a searcher pickled by an earlier lth-sweep
+        for sampler in (self._sampler, getattr(self._ot_study, "sampler", None)):
+            made_picklable(sampler)
         self._copy()
 
 
