@@ -95,7 +95,7 @@ def run(experiment: Path | None, overrides: tuple[str, ...], out: Path | None, t
 
     A larger prune.rounds on a finished trial's --out continues it; a smaller one reports its first rounds."""
     from lth_sweep.checkpoint import load_torch
-    from lth_sweep.config import load_experiment, parse_overrides
+    from lth_sweep.config import load_experiment, machine_cpus, parse_overrides
     from lth_sweep.engine.lottery import Trial
     from lth_sweep.storage import check_folder
 
@@ -107,10 +107,10 @@ def run(experiment: Path | None, overrides: tuple[str, ...], out: Path | None, t
     if experiment is None:
         raise click.UsageError("give an EXPERIMENT file (or --ticket FILE)")
     config = load_experiment(experiment, parse_overrides(overrides))
-    cores = os.cpu_count() or 1
+    cores = machine_cpus()
     if config.runtime.threads > cores:  # torch would start them all: far more than the cores can hang a round
-        raise UserError("runtime.threads", f"{config.runtime.threads} is more than the {cores} CPU cores here; "
-                                           f"allowed: 1 to {cores}")
+        raise UserError("runtime.threads", f"{config.runtime.threads} is more than the {cores} CPUs this process "
+                                           f"may use; allowed: 1 to {cores}")
     out = out or Path("runs") / f"{experiment.stem}-{config.config_hash()}"
     check_folder(out, "--out")
     check_trial_folder(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, get_args
@@ -136,6 +137,13 @@ class StabilityConfig(Section):
             raise UserError("stability.points", f"{self.points}: allowed: 0 (off) or at least 3 (the two ends "
                                                 "and a point between them)")
         return self
+
+
+def machine_cpus() -> int:
+    """The CPUs this process may use (its affinity mask, as Ray counts them): at most this many `runtime.threads`."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class RuntimeConfig(Section):

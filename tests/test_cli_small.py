@@ -5,7 +5,6 @@ In-process through `lth_sweep.cli.main` (same code and exit codes as the command
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import sweep_helpers as h
 from conftest import main_here
 
 from lth_sweep.cli import cli
+from lth_sweep.config import machine_cpus
 from lth_sweep.sweep.launch import prepare_launch
 from lth_sweep.sweep.schema import load_sweep
 
@@ -100,11 +100,12 @@ def test_run_refuses_a_non_empty_folder_that_holds_no_trial(capsys: pytest.Captu
 def test_run_refuses_more_threads_than_cores(capsys: pytest.CaptureFixture[str], write_config: Any,
                                             tmp_path: Path) -> None:
     """torch starts every thread it is given: 100000 on 2 cores did not finish one matmul in a minute."""
-    threads = (os.cpu_count() or 1) + 1
+    threads = machine_cpus() + 1
     result = main_here(capsys, "run", write_config(), "--set", f"runtime.threads={threads}", "--out", tmp_path / "t")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result
     assert "runtime.threads" in result.stderr and f"allowed: 1 to {threads - 1}" in result.stderr, result
     assert not (tmp_path / "t").exists()
+
 
 def test_run_accepts_an_empty_folder_and_resumes_its_own(capsys: pytest.CaptureFixture[str], write_config: Any,
                                                          tmp_path: Path) -> None:

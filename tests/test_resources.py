@@ -12,8 +12,9 @@ import pytest
 import sweep_helpers as h
 import torch
 
+from lth_sweep.config import machine_cpus
 from lth_sweep.errors import UserError
-from lth_sweep.sweep.launch import check_resources, machine_cpus, no_node_fits
+from lth_sweep.sweep.launch import check_resources, no_node_fits
 from lth_sweep.sweep.schema import ResourcesConfig, SweepConfig
 from lth_sweep.sweep.spec import LaunchSpec, save_spec
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lth_sweep import storage
-from lth_sweep.config import build_experiment
+from lth_sweep.config import build_experiment, machine_cpus
 from lth_sweep.errors import RunFailure, UserError
 from lth_sweep.sweep.entry import imp_trainable
 from lth_sweep.sweep.optuna_store import StudyStore, check_new_study, store_location
@@ -273,13 +273,6 @@ def with_env_wandb_mode(spec: LaunchSpec) -> LaunchSpec:
 def on_cluster(address: str | None) -> bool:
     """Whether Ray is joined rather than started here (`--address`, or RAY_ADDRESS, which ray.init reads)."""
     return bool(address or os.environ.get("RAY_ADDRESS"))
-
-
-def machine_cpus() -> int:
-    """The CPUs this process may use (its affinity mask, as Ray counts them)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 # Ray's longest socket path: <temp>/ray/session_<date>_<time>_<microseconds>_<pid>/sockets/plasma_store
