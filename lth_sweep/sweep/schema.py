@@ -303,14 +303,22 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
     return sweep, experiment
 
 
+ROUNDS_KEY = "prune.rounds"
+
+
+def top_of_searched_rounds(space: dict[str, Distribution]) -> int | None:
+    """The most rounds a searched `prune.rounds` can draw; None when it is not searched."""
+    rounds = space.get(ROUNDS_KEY)
+    return None if rounds is None else max(int(v) for v in rounds.extremes())
+
+
 def check_scheduler_takes_effect(sweep: SweepConfig, experiment: dict[str, Any]) -> None:
     """ASHA whose first rung comes after the last round would stop nothing, silently. (FIFO ignores ASHA's keys,
     so that `--set scheduler.name=fifo` works on a sweep file written for ASHA.)"""
     scheduler = sweep.scheduler
     if scheduler.name != "asha":
         return
-    space = sweep.search.space.get("prune.rounds")
-    rounds = max(int(v) for v in space.extremes()) if space else build_experiment(experiment).prune.rounds
+    rounds = top_of_searched_rounds(sweep.search.space) or build_experiment(experiment).prune.rounds
     if scheduler.grace_rounds > rounds:
         raise UserError("scheduler.grace_rounds", f"{scheduler.grace_rounds} is past the last round ({rounds} "
                                                   f"rounds): ASHA would stop nothing; allowed: 1 to {rounds}")

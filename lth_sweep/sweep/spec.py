@@ -10,10 +10,9 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 from lth_sweep import storage
 from lth_sweep.config import ExperimentConfig, build_experiment
 from lth_sweep.errors import UserError
-from lth_sweep.sweep.schema import SweepConfig
+from lth_sweep.sweep.schema import ROUNDS_KEY, SweepConfig, top_of_searched_rounds
 
 SPEC_FILE = "sweep.json"
-ROUNDS_KEY = "prune.rounds"
 
 
 class LaunchSpec(BaseModel):
@@ -52,9 +51,7 @@ class LaunchSpec(BaseModel):
 
     def max_rounds(self) -> int:
         """The most rounds any trial of the sweep can have (the top of a searched `prune.rounds`)."""
-        if not self.searched_rounds():
-            return self.rounds()
-        return max(int(v) for v in self.sweep.search.space[ROUNDS_KEY].extremes())
+        return top_of_searched_rounds(self.sweep.search.space) or self.rounds()
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=1, by_alias=True)
