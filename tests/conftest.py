@@ -22,6 +22,13 @@ from lth_sweep.engine.data import DatasetSplits, load_dataset
 
 CPU = torch.device("cpu")
 
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_MNIST1D = REPO / "sweeps" / "experiments" / "mnist1d_mlp.yaml"
+
+# The tiny experiment: MNIST-1D (3500 train / 500 val / 1000 test, length 40), mlp [32], batch 100
+# (35 steps per epoch), 3 epochs = 105 iterations per round, 3 rounds; about 0.1 s per round on a CPU.
+TINY_STEPS_PER_EPOCH = 35
+
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (after it, the marks change nothing)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -33,12 +40,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         module = getattr(item, "module", None)
         if module is not None and getattr(module, "h", None) is h:
             item.add_marker(pytest.mark.xdist_group("ray"))
-REPO = Path(__file__).resolve().parents[1]
-SHIPPED_MNIST1D = REPO / "sweeps" / "experiments" / "mnist1d_mlp.yaml"
-
-# The tiny experiment: MNIST-1D (3500 train / 500 val / 1000 test, length 40), mlp [32], batch 100
-# (35 steps per epoch), 3 epochs = 105 iterations per round, 3 rounds; about 0.1 s per round on a CPU.
-TINY_STEPS_PER_EPOCH = 35
 
 
 def tiny_raw(data_root: str | Path) -> dict[str, Any]:

@@ -152,7 +152,6 @@ def test_fetch_wandb_copies_only_the_wandb_folders_there_are(s3_env: S3Server, t
     assert (tmp_path / "all" / "by_config" / "b" / "engine" / "state.pt").read_text() == "state"
 
 
-
 def test_fetch_wandb_of_a_sweep_without_offline_runs_says_so(tmp_path: Path, data_root: Path,
                                                               cli_here: Callable[..., CliResult]) -> None:
     """A sweep whose trials logged online (or had W&B disabled) has nothing for `fetch --wandb`: the command says
@@ -164,6 +163,7 @@ def test_fetch_wandb_of_a_sweep_without_offline_runs_says_so(tmp_path: Path, dat
     assert fetched.returncode == 0 and "has no offline W&B runs" in fetched.stdout, fetched
     assert "nothing copied" in fetched.stdout, fetched
     assert not (tmp_path / "out").exists()
+
 
 # ------------------------------------------------------------------------------------ gs:// (no server)
 
