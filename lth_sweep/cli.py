@@ -339,6 +339,7 @@ def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) 
         with_env_wandb_mode,
     )
     from lth_sweep.sweep.lock import driver_lock
+    from lth_sweep.sweep.snapshot import repair
     from lth_sweep.sweep.spec import load_spec
     from lth_sweep.sweep.status import sweep_status
 
@@ -349,6 +350,9 @@ def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) 
     check_address(address)
     check_cluster_storage(spec, address)
     with driver_lock(spec.experiment_dir) as dead_driver:  # first: a sweep another driver runs is not finished
+        repaired = repair(spec.experiment_dir)  # a snapshot a kill cut short, put back from the kept copy
+        if repaired:
+            echo(f"# {repaired}")
         status = sweep_status(spec.experiment_dir)
         if is_finished(status):
             echo(f"sweep {spec.name} at {spec.experiment_dir} is finished ({len(status['trials'])} trials); "

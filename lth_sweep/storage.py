@@ -124,15 +124,29 @@ def read_text(location: str) -> str:
         raise not_text(location, err) from None
 
 
-def write_text(location: str, text: str) -> None:
+def write_bytes(location: str, data: bytes) -> None:
+    """Writes a file atomically: a reader (or a kill) finds its old content or the new, never a part."""
     if not is_uri(location):
-        from lth_sweep.checkpoint import write_text as atomic_write
+        from lth_sweep.checkpoint import write_bytes as atomic_write
 
-        atomic_write(location, text)
+        atomic_write(location, data)
         return
     fs, path = filesystem(location)
     with fs.open_output_stream(path) as stream:  # object stores replace objects atomically
-        stream.write(text.encode())
+        stream.write(data)
+
+
+def write_text(location: str, text: str) -> None:
+    write_bytes(location, text.encode())
+
+
+def rename(source: str, destination: str) -> None:
+    """Renames a file within one folder or bucket (atomic in a folder; copy, then delete, in an object store)."""
+    if not is_uri(source):
+        os.replace(source, destination)
+        return
+    fs, source_path = filesystem(source)
+    fs.move(source_path, filesystem(destination)[1])
 
 
 def list_files(location: str) -> list[str]:

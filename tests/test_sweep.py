@@ -24,6 +24,7 @@ from lth_sweep.errors import UserError
 from lth_sweep.report.data import load_sweep_data
 from lth_sweep.report.tickets import export_ticket
 from lth_sweep.sweep.launch import DRIVER_LOG
+from lth_sweep.sweep.snapshot import COPY_NAME
 from lth_sweep.sweep.trainable import FAIL_ONCE_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -231,6 +232,7 @@ def test_resume_names_a_damaged_tune_file_before_it_starts(sweep: h.Sweep, tmp_p
     searcher restored without its search space). Now one line naming the file, exit 2, and no Ray."""
     copy = tmp_path / "imp"
     shutil.copytree(sweep.dir, copy)
+    (copy / COPY_NAME).unlink()  # a sweep of an lth-sweep before the kept copy, or one whose copy is lost
     (snapshot,) = copy.glob("experiment_state-*.json")
     snapshot.write_bytes(snapshot.read_bytes()[:50])  # no trial listed: the sweep is not finished
     if damaged == "tuner.pkl":
@@ -241,6 +243,30 @@ def test_resume_names_a_damaged_tune_file_before_it_starts(sweep: h.Sweep, tmp_p
     assert result.returncode == 2 and result.stdout == "", result.explain()
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"lth-sweep: error: {named}: cannot be read, it is truncated or corrupt"), line
+    assert sorted((ray_tmp / "ray").glob("session_2*")) == sessions, "no Ray was started"
+
+
+def test_resume_puts_back_a_snapshot_a_kill_cut_short(sweep: h.Sweep, tmp_path: Path, ray_tmp: Path) -> None:
+    """A driver killed while Tune copied its snapshot into storage left experiment_state cut short at 32768 bytes
+    (CI, 2026-12-02), and `resume` refused the sweep. The driver keeps each snapshot whole in COPY_NAME: `resume`
+    puts it back, says so in one line, and sets aside the files of a later session that never got a copy. This
+    sweep is finished, so the put-back snapshot says so, and no Ray starts."""
+    copy = tmp_path / "imp"
+    shutil.copytree(sweep.dir, copy)
+    (snapshot,) = copy.glob("experiment_state-*.json")
+    whole = snapshot.read_bytes()
+    snapshot.write_bytes(whole[: min(32768, len(whole) // 2)])
+    later = copy / "search_gen_state-2999-01-01_00-00-00.json"  # a session that died before its first copy
+    later.write_bytes(b"\x80")
+    sessions = sorted((ray_tmp / "ray").glob("session_2*"))
+    result = h.run_cli("resume", copy, cwd=sweep.cwd, env=h.cli_env(ray_tmp), timeout=120)
+    assert result.returncode == 0, result.explain()
+    repaired, finished = result.stdout.strip().splitlines()
+    assert repaired.startswith(f"# Tune's snapshot file {snapshot.name} cannot be read (JSONDecodeError: "), repaired
+    assert f"from {COPY_NAME}; set aside the later session's {later.name} (as .damaged)" in repaired, repaired
+    assert finished.startswith("sweep imp at ") and "is finished (4 trials)" in finished, finished
+    assert snapshot.read_bytes() == whole, "the copy is Tune's last snapshot, as the finished sweep wrote it"
+    assert not later.exists() and later.with_name(later.name + ".damaged").read_bytes() == b"\x80"
     assert sorted((ray_tmp / "ray").glob("session_2*")) == sessions, "no Ray was started"
 
 

@@ -2,7 +2,8 @@
 and no finished round is trained again.
 
 The interrupted sweep is the reference sweep of test_sweep.py (4 trials, 2 at a time, 3 rounds, random
-sampler with a seed), alone and packed two configs per trial (`search.pack: 2`); the same sweep run without
+sampler with a seed), alone and packed two configs per trial (`search.pack: 2`); the packed one's Tune snapshot is
+also cut short after the kill, as a kill while Tune copies it into storage leaves it. The same sweep run without
 interruption and unpacked (shared with test_sweep.py) is the yardstick for both. Last, a tiny sweep whose trials
 fail for good is resumed, and Optuna learns their results.
 """
@@ -24,9 +25,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 ROUNDS = 3
 NUM_SAMPLES = 4
 STRAY_CHECKPOINT = ".pack-checkpoint-4d1e5a7b"
+CUT_SHORT_WITH, CUT_AT = 2, 4096  # the packed sweep resumes from a snapshot cut short (the kept copy puts it back)
 
 
 class Interrupted(NamedTuple):
+    pack: int  # search.pack
     dir: Path
     cwd: Path
     env: dict[str, str]
@@ -67,9 +70,12 @@ def interrupted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     (sweep_dir / "by_config" / STRAY_CHECKPOINT / "0123abcd" / "state.pt").write_bytes(b"left by a kill")
     status_at_kill = h.run_cli("status", sweep_dir, "--json", cwd=base, env=env, timeout=120)
     report_at_kill = h.run_cli("report", sweep_dir, "--out", base / "report_at_kill", cwd=base, env=env, timeout=180)
+    if request.param == CUT_SHORT_WITH:  # what a kill while Tune copies its snapshot into storage leaves (CI)
+        snapshot = max(sweep_dir.glob("experiment_state-*.json"))
+        snapshot.write_bytes(snapshot.read_bytes()[:CUT_AT])
     resume = h.run_cli("resume", sweep_dir, cwd=base, env=env, timeout=300)
     (base / "resume.log").write_text(resume.explain())
-    return Interrupted(sweep_dir, base, env, ledger_at_kill, status_at_kill, report_at_kill, resume)
+    return Interrupted(request.param, sweep_dir, base, env, ledger_at_kill, status_at_kill, report_at_kill, resume)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +125,8 @@ def test_resume_finishes_the_sweep(interrupted: Interrupted) -> None:
     result = interrupted.resume
     assert result.returncode == 0, result.explain()
     assert f"everything is under {interrupted.dir}" in result.stdout
+    put_back = [line for line in result.stdout.splitlines() if "cannot be read" in line]
+    assert len(put_back) == (interrupted.pack == CUT_SHORT_WITH), put_back
 
 
 def test_resume_removed_the_pack_checkpoints_a_kill_left(interrupted: Interrupted) -> None:

@@ -309,33 +309,16 @@ def check_address(address: str | None) -> None:
                                       "port") from None
 
 
-# What Tuner.restore reads (the file, or the newest of a prefix) and how it is stored: Tune pickles the search
-# generator's state into a file it names .json
-TUNE_STATE_FILES = (("tuner.pkl", None, "pickle"), ("experiment_state-", ".json", "json"),
-                    ("search_gen_state-", ".json", "pickle"), ("searcher-state-", ".pkl", "pickle"))
-
-
 def check_restorable(experiment_dir: str) -> None:
     """The files Tune restores a sweep from can be read back; else one line naming the first that cannot, before
     Ray starts (Tune would fail with a traceback, or restore a searcher with no search space)."""
-    import json
-    import pickle
+    from lth_sweep.sweep.snapshot import first_unreadable
 
-    names = storage.list_files(experiment_dir)
-    for prefix, suffix, form in TUNE_STATE_FILES:
-        found = [prefix] if suffix is None else sorted(n for n in names if n.startswith(prefix) and n.endswith(suffix))
-        if not found:
-            continue
-        path = storage.join(experiment_dir, found[-1])
-        try:
-            data = storage.read_bytes(path)
-            pickle.loads(data) if form == "pickle" else json.loads(data)
-        except FileNotFoundError:
-            continue
-        except Exception as err:  # noqa: BLE001 - unpickling a damaged file raises almost anything
-            raise UserError(path, f"cannot be read, it is truncated or corrupt ({type(err).__name__}: "
-                                  f"{str(err).splitlines()[0][:120] if str(err) else '-'}); resume needs it: put back "
-                                  "an intact copy (the trials' rounds are safe in by_config/)") from None
+    damaged = first_unreadable(experiment_dir)
+    if damaged is not None:
+        raise UserError(storage.join(experiment_dir, damaged.name),
+                        f"cannot be read, it is truncated or corrupt ({damaged.reason}); resume needs it: put back "
+                        "an intact copy (the trials' rounds are safe in by_config/)")
 
 
 def check_ray_temp_dir(address: str | None) -> None:
@@ -482,10 +465,12 @@ def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool
             from ray import tune
 
             from lth_sweep.sweep.progress import Progress
+            from lth_sweep.sweep.snapshot import SnapshotKeeper
 
             set_trial_actor_runtime_env(address)
             skip_callback_usage_tag()
             progress = Progress(terminal, spec, metrics[0] if single else None, modes[0] if single else None)
+            callbacks = [progress, SnapshotKeeper(spec.experiment_dir, terminal.line), *result_loggers()]
             if warning:
                 terminal.line(f"lth-sweep: warning: {warning}")
             member_asha = start_member_asha(spec)  # noqa: F841 - held until the sweep ends
@@ -498,11 +483,10 @@ def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool
                 # (no public API sets them on a restored Tuner; a Ray Client tuner has no local one)
                 if tuner._local_tuner is not None:
                     run_config = tuner._local_tuner.get_run_config()
-                    run_config.callbacks = [progress, *result_loggers()]
+                    run_config.callbacks = callbacks
                     run_config.verbose = 1 if verbose else 0
             else:
-                tuner = build_tuner(spec, on_cluster=address is not None, callbacks=[progress, *result_loggers()],
-                                    verbose=verbose)
+                tuner = build_tuner(spec, on_cluster=address is not None, callbacks=callbacks, verbose=verbose)
             return tuner.fit(), False
         except KeyboardInterrupt:  # a second Ctrl+C (Tune handles the first), or one before Tune started
             return None, True

@@ -34,7 +34,8 @@ def tune_analysis(experiment_dir: str) -> tuple[Any, str | None]:
     try:
         return ExperimentAnalysis(experiment_dir), None
     except (ValueError, FileNotFoundError, RuntimeError) as err:
-        snapshots = [f for f in storage.list_files(experiment_dir) if f.startswith(SNAPSHOT_PREFIX) and "/" not in f]
+        snapshots = [f for f in storage.list_files(experiment_dir)
+                     if f.startswith(SNAPSHOT_PREFIX) and f.endswith(".json") and "/" not in f]
         if not snapshots:
             return None, None
         reason = (str(err).splitlines() or [""])[0][:200]
