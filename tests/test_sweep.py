@@ -238,6 +238,9 @@ def test_resume_names_a_damaged_tune_file_before_it_starts(sweep: h.Sweep, tmp_p
     if damaged == "tuner.pkl":
         (copy / "tuner.pkl").write_bytes((copy / "tuner.pkl").read_bytes()[:30])
     named = copy / "tuner.pkl" if damaged == "tuner.pkl" else snapshot
+    if damaged == "experiment_state":
+        listed = h.status_json(copy, sweep.cwd, sweep.env)
+        assert listed["trials"] == [] and listed["warnings"][0].endswith("no trial is listed from it"), listed
     sessions = sorted((ray_tmp / "ray").glob("session_2*"))
     result = h.run_cli("resume", copy, cwd=sweep.cwd, env=h.cli_env(ray_tmp), timeout=120)
     assert result.returncode == 2 and result.stdout == "", result.explain()
@@ -249,8 +252,9 @@ def test_resume_names_a_damaged_tune_file_before_it_starts(sweep: h.Sweep, tmp_p
 def test_resume_puts_back_a_snapshot_a_kill_cut_short(sweep: h.Sweep, tmp_path: Path, ray_tmp: Path) -> None:
     """A driver killed while Tune copied its snapshot into storage left experiment_state cut short at 32768 bytes
     (CI, 2026-12-02), and `resume` refused the sweep. The driver keeps each snapshot whole in COPY_NAME: `resume`
-    puts it back, says so in one line, and sets aside the files of a later session that never got a copy. This
-    sweep is finished, so the put-back snapshot says so, and no Ray starts."""
+    puts it back, says so in one line, and sets aside the files of a later session that never got a copy; before,
+    `status` lists the trials from it. This sweep is finished, so the put-back snapshot says so, and no Ray
+    starts."""
     copy = tmp_path / "imp"
     shutil.copytree(sweep.dir, copy)
     (snapshot,) = copy.glob("experiment_state-*.json")
@@ -258,6 +262,11 @@ def test_resume_puts_back_a_snapshot_a_kill_cut_short(sweep: h.Sweep, tmp_path: 
     snapshot.write_bytes(whole[: min(32768, len(whole) // 2)])
     later = copy / "search_gen_state-2999-01-01_00-00-00.json"  # a session that died before its first copy
     later.write_bytes(b"\x80")
+    before = h.status_json(copy, sweep.cwd, sweep.env)  # `status` and `report` list the trials from the copy
+    assert [t["state"] for t in before["trials"]] == ["TERMINATED"] * NUM_SAMPLES, before["trials"]
+    (warning,) = before["warnings"]
+    assert warning.startswith(f"Tune's snapshot {snapshot} cannot be read (") and "listed from the whole copy" \
+        in warning, warning
     sessions = sorted((ray_tmp / "ray").glob("session_2*"))
     result = h.run_cli("resume", copy, cwd=sweep.cwd, env=h.cli_env(ray_tmp), timeout=120)
     assert result.returncode == 0, result.explain()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from lth_sweep import storage
@@ -39,10 +41,33 @@ def tune_analysis(experiment_dir: str) -> tuple[Any, str | None]:
         if not snapshots:
             return None, None
         reason = (str(err).splitlines() or [""])[0][:200]
-        return None, (f"Tune's snapshot {storage.join(experiment_dir, snapshots[-1])} cannot be read "
-                      f"({type(err).__name__}: {reason}); no trial is listed from it")
+        damaged = (f"Tune's snapshot {storage.join(experiment_dir, snapshots[-1])} cannot be read "
+                   f"({type(err).__name__}: {reason})")
+        analysis = analysis_of_kept_copy(experiment_dir)
+        if analysis is None:
+            return None, f"{damaged}; no trial is listed from it"
+        return analysis, (f"{damaged}; the trials are listed from the whole copy of Tune's last snapshot that the "
+                          "driver kept, which `lth-sweep resume` puts back")
     finally:
         analysis_log.setLevel(level)
+
+
+def analysis_of_kept_copy(experiment_dir: str) -> Any:
+    """Tune's view of the sweep from the driver's copy of its last snapshot (`snapshot.SnapshotKeeper`), else None."""
+    from ray.tune import ExperimentAnalysis
+
+    from lth_sweep.sweep.snapshot import kept_copy  # imports this module's SNAPSHOT_PREFIX
+
+    files = kept_copy(experiment_dir)
+    if files is None:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        for name, data in files.items():
+            Path(folder, name).write_bytes(data)
+        try:
+            return ExperimentAnalysis(folder)  # reads the snapshot whole now: the folder may go
+        except (ValueError, FileNotFoundError, RuntimeError):
+            return None
 
 
 def trial_rows(experiment_dir: str, warnings: list[str] | None = None) -> list[dict[str, Any]]:
