@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import html.parser
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -20,7 +21,9 @@ from typing import Any, NamedTuple
 import pytest
 import sweep_helpers as h
 from PIL import Image
+from test_failures import tmpfs
 
+from lth_sweep.errors import RunFailure
 from lth_sweep.report import figures as figs
 from lth_sweep.report.local import LocalReport, write_report
 from lth_sweep.report.wandb_report import PANEL_KINDS
@@ -275,6 +278,27 @@ def test_with_credentials_the_wandb_report_is_saved_and_its_url_printed(reported
     assert line.endswith("/lth-team/lth-sweep-tests/reports/Lottery-ticket-sweep-rep--Vmlldzo0Mg"), line
     assert saved[0].blocks[-1].runsets[0].entity == "lth-team"
     assert not (tmp_path / "wandb_report.json").exists()
+
+
+def test_a_report_that_does_not_fit_the_disk_leaves_the_old_one_whole(reported: Reported, tmp_path: Path) -> None:
+    """Before: each file replaced its old version as it was written, so a disk that filled up half-way left the new
+    figures beside the old page and rounds.csv. Now the report is written into a folder inside DIR first and
+    renamed into place once whole; on a real tmpfs with room for the largest figure but not for all of them,
+    the old report stays as it was, and nothing of the new one is left."""
+    sizes = sorted(len(fig.png) for fig in reported.local.figures)
+    assert sum(sizes[:-1]) > 16384, sizes  # else one figure alone would not fill the room left
+    with tmpfs(tmp_path / "small", "8m") as small:
+        out = small / "report"
+        out.mkdir()
+        old = {name: f"the report before: {name}".encode() for name in [*EXPECTED_FIGURES, "index.html", "rounds.csv"]}
+        for name, data in old.items():
+            (out / name).write_bytes(data)
+        room = os.statvfs(small).f_bavail * os.statvfs(small).f_frsize
+        (small / "filler").write_bytes(b"x" * (room - sizes[-1] - 16384))
+        with pytest.raises(RunFailure) as failure:
+            write_report(str(reported.sweep.dir), out)
+        assert failure.value.path.parent == out and "no space left on device" in str(failure.value), failure.value
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == old
 
 
 def test_a_report_of_no_sweep_is_one_line_and_exit_2(reported: Reported, tmp_path: Path) -> None:

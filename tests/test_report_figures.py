@@ -246,7 +246,7 @@ def test_a_best_trial_without_a_winning_ticket_gets_no_default_export_command(ra
     trials = [trial("learned", 0.2, [record(0, 1.0, 0.90, None), record(1, 0.8, 0.90, None)]),
               trial("chance", 0.5, [record(0, 1.0, 0.10, None), record(1, 0.5, 0.10, None)])]
     data = dataclasses.replace(sweep_data(raw_config, tmp_path, trials, "matching_density"), best=trials)
-    learned, chance = top_trials(data, tmp_path / "report")
+    learned, chance = top_trials(data, tmp_path / "report", tmp_path / "report")
     assert learned.ticket_command == shlex.join(["lth-sweep", "ticket", "export", str(tmp_path), "learned", "--out",
                                                  str(tmp_path / "report" / "tickets" / "learned.pt")])
     assert chance.ticket_command.startswith(f"lth-sweep ticket export {tmp_path} chance --out ")
@@ -262,7 +262,7 @@ def test_the_tables_and_the_plot_show_each_trials_winning_ticket(raw_config: dic
                          record(3, 0.512, 0.80, None)])
     b = trial("b", 0.5, [record(0, 1.0, 0.90, None), record(1, 0.5, 0.85, None)])
     data = dataclasses.replace(sweep_data(raw_config, tmp_path, [a, b], "matching_density"), best=[a, b])
-    page = render(data, [], top_trials(data, tmp_path / "report"), "rounds.csv")
+    page = render(data, [], top_trials(data, tmp_path / "report", tmp_path / "report"), "rounds.csv")
     for table in ("top-trials", "trials"):
         rows = {row.split("</td>")[1].rsplit(">", 1)[-1] if table == "top-trials" else
                 row.split("</td>")[0].rsplit(">", 1)[-1]: row

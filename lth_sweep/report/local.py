@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import shlex
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lth_sweep.checkpoint import write_bytes, write_text
+from lth_sweep.checkpoint import fsync_dir, write_bytes, write_text
 from lth_sweep.config import dump_yaml
+from lth_sweep.errors import RunFailure
 from lth_sweep.report.data import SweepData, load_sweep_data
 from lth_sweep.report.figures import Figure, all_figures
 from lth_sweep.report.page import TopTrial, render
 
 CSV_NAME = "rounds.csv"
+INDEX_NAME = "index.html"
+STAGE_PREFIX = ".report-being-written-"  # the folder inside DIR a report is written into first
 CSV_KEYS = ["trial_id", "config_hash", "round", "density", "val_acc", "val_acc_std", "test_acc",
             "test_acc_at_early_stop", "test_acc_at_early_stop_std", "early_stop_iter", "train_loss", "control",
             "control_val_acc", "control_test_acc", "control_test_acc_at_early_stop", "control_early_stop_iter",
@@ -40,13 +48,14 @@ def rounds_csv(data: SweepData) -> str:
     return out.getvalue()
 
 
-def top_trials(data: SweepData, out_dir: Path) -> list[TopTrial]:
-    """The best trials, each with its experiment file written into `out_dir/experiments/` and the commands
-    that export its ticket and rerun it."""
+def top_trials(data: SweepData, out_dir: Path, write_into: Path) -> list[TopTrial]:
+    """The best trials, each with its experiment file, `out_dir/experiments/<trial>.yaml` (written into
+    `write_into/experiments/`), and the commands that export its ticket and rerun it."""
     rows = []
     for rank, trial in enumerate(data.best, 1):
-        experiment = out_dir / "experiments" / f"{trial.trial_id}.yaml"
-        write_text(experiment, dump_yaml(data.spec.trial_config(trial.params)))
+        name = Path("experiments", f"{trial.trial_id}.yaml")
+        write_text(write_into / name, dump_yaml(data.spec.trial_config(trial.params)))
+        experiment = out_dir / name
         ticket = shlex.join(["lth-sweep", "ticket", "export", data.experiment_dir, trial.trial_id, "--out",
                              str(out_dir / "tickets" / f"{trial.trial_id}.pt")])
         if data.winning_ticket(trial) is None:
@@ -56,16 +65,38 @@ def top_trials(data: SweepData, out_dir: Path) -> list[TopTrial]:
     return rows
 
 
+@contextmanager
+def staged(out_dir: Path, last: str) -> Iterator[Path]:
+    """A folder inside `out_dir` to write a report into; once the block ends, its files are renamed into `out_dir`
+    (`last` after the others). A write that fails (a full disk) leaves the report that was there as it was."""
+    stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out_dir))
+    try:
+        yield stage
+        names = sorted((p.relative_to(stage) for p in stage.rglob("*") if p.is_file()), key=lambda n: str(n) == last)
+        for name in names:
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / name, out_dir / name)
+        fsync_dir(out_dir)
+    except RunFailure as failure:  # named as the report's file, not the stage's
+        if not failure.path.is_relative_to(stage):
+            raise
+        raise RunFailure(out_dir / failure.path.relative_to(stage), failure.message) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def write_report(path: str, out_dir: Path) -> LocalReport:
-    """Writes the report of the sweep at `path` into `out_dir`; returns what it wrote."""
+    """Writes the report of the sweep at `path` into `out_dir`; returns what it wrote. Each file replaces its
+    old version only once every file of the report is written (index.html last)."""
     data = load_sweep_data(path)
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = all_figures(data)
-    for fig in figures:
-        write_bytes(out_dir / fig.name, fig.png)
-    top = top_trials(data, out_dir)
-    write_text(out_dir / CSV_NAME, rounds_csv(data))
-    index = out_dir / "index.html"
-    write_text(index, render(data, figures, top, CSV_NAME))
+    index = out_dir / INDEX_NAME
+    with staged(out_dir, last=INDEX_NAME) as stage:
+        for fig in figures:
+            write_bytes(stage / fig.name, fig.png)
+        top = top_trials(data, out_dir, stage)
+        write_text(stage / CSV_NAME, rounds_csv(data))
+        write_text(stage / INDEX_NAME, render(data, figures, top, CSV_NAME))
     return LocalReport(index, figures, top, data)
