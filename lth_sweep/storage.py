@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lth_sweep.errors import UserError, not_text
+from lth_sweep.errors import RunFailure, UserError, not_text
 
 if TYPE_CHECKING:  # imported where used: a local `lth-sweep run` needs no pyarrow (nor a torch-only GPU box)
     import pyarrow.fs as pafs
@@ -72,6 +72,38 @@ def filesystem(location: str, key: str = "storage") -> tuple[pafs.FileSystem, st
         return pafs.FileSystem.from_uri(location)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
         raise UserError(key, f"{location}: {str(err).splitlines()[0]}; allowed: {ALLOWED}") from None
+
+
+PROBE_GCS_RETRY_S = 10  # GCS: how long the probe retries (pyarrow's default for a gs:// URI: 15 minutes)
+
+
+def probing_copy(fs: pafs.FileSystem) -> pafs.FileSystem:
+    """The same object-store file system with pyarrow's standard retries: 3 attempts, ~10 s to give up on an
+    endpoint that never answers (the one `FileSystem.from_uri` makes keeps the SDK's default, ~100 s for S3)."""
+    import datetime
+
+    import pyarrow.fs as pafs
+
+    _, (options,) = fs.__reduce__()  # the file system's options, as pickling passes them on
+    if isinstance(fs, pafs.S3FileSystem):
+        return pafs.S3FileSystem(**options)
+    if isinstance(fs, pafs.GcsFileSystem):
+        return pafs.GcsFileSystem(**{**options, "retry_time_limit": datetime.timedelta(seconds=PROBE_GCS_RETRY_S)})
+    return fs
+
+
+def check_reachable(location: str, key: str) -> None:
+    """For a URI: one request, failing within seconds, before a command's real work, so that a wrong endpoint or
+    no network is one line naming `key` (RunFailure) rather than minutes of the SDK's retries."""
+    if not is_uri(location):
+        return
+    fs, path = filesystem(location, key)
+    try:
+        probing_copy(fs).get_file_info(path)
+    except OSError as err:
+        reason = (str(err).splitlines() or ["no answer"])[0][:300]
+        raise RunFailure(key, f"{location}: the storage cannot be read ({reason}); check the endpoint "
+                              "(endpoint_override), the network and the credentials") from None
 
 
 def normalize(location: str) -> str:

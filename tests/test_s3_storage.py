@@ -5,9 +5,12 @@ no server, are checked); the multi-node storage guard; the printed `wandb sync` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+import socket
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -163,6 +166,49 @@ def test_fetch_wandb_of_a_sweep_without_offline_runs_says_so(tmp_path: Path, dat
     assert fetched.returncode == 0 and "has no offline W&B runs" in fetched.stdout, fetched
     assert "nothing copied" in fetched.stdout, fetched
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------ an endpoint that fails us
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """host:port of a server on loopback that accepts connections and never answers (a firewall, a hung proxy)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept_forever() -> None:
+        with contextlib.suppress(OSError):  # the server closed
+            while True:
+                accepted.append(server.accept()[0])
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for connection in accepted:
+        connection.close()
+
+
+@pytest.mark.parametrize("endpoint", ["silent", "refused"])
+def test_storage_that_does_not_answer_is_one_line_within_seconds(endpoint: str, silent_endpoint: str,
+                                                                  tmp_path: Path, data_root: Path) -> None:
+    """Before: `status` (and `resume`, `report`, `fetch`, `launch --storage`) at an endpoint that never answers
+    waited ~100 s in the SDK's retries, then printed its error as an unexpected one. Now one request with pyarrow's
+    standard retries (~10 s) comes first: exit 1, one line naming the key; the harness's 60 s limit would cut the
+    old wait short. A port nobody listens on fails at once, the same way."""
+    refused = socket.create_server(("127.0.0.1", 0))
+    port = refused.getsockname()[1]
+    refused.close()  # nobody listens there now
+    host_port = silent_endpoint if endpoint == "silent" else f"127.0.0.1:{port}"
+    uri = f"s3://bucket/sweeps?endpoint_override={host_port}&scheme=http"
+    env = h.cli_env(None, **CREDENTIALS)
+    sweep_file = h.write_sweep(tmp_path / "imp.yaml", h.sweep_tree(data_root, rounds=2, num_samples=1))
+    for args, key in (("status", uri), "PATH"), (("launch", sweep_file, "--storage", uri), "--storage"):
+        result = h.run_cli(*args, cwd=tmp_path, env=env, timeout=60)
+        assert result.returncode == 1 and result.stdout == "", result.explain()
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"lth-sweep: error: {key}: s3://bucket/sweeps") and "the storage cannot be read (" \
+            in line and "LTH_SWEEP_DEBUG" not in line, line
 
 
 # ------------------------------------------------------------------------------------ gs:// (no server)

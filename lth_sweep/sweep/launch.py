@@ -413,6 +413,7 @@ def prepare_launch(sweep: SweepConfig, experiment: dict[str, Any], storage_locat
         raise UserError("name", f"'{sweep.name}' may only use letters, digits, '.', '_' and '-'")
     root = storage.normalize(storage_location or sweep.storage)
     storage.check_location(root, "--storage" if storage_location else "storage")
+    storage.check_reachable(root, "--storage" if storage_location else "storage")
     experiment_dir = storage.join(root, sweep.name)
     if storage.exists(storage.join(experiment_dir, SPEC_FILE)):
         from lth_sweep.sweep.lock import check_not_held

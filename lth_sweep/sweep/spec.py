@@ -65,6 +65,7 @@ def load_spec(path: str) -> LaunchSpec:
     """The spec of the sweep at `path` (a folder or URI), with `experiment_dir` set to where it is now."""
     experiment_dir = storage.normalize(path)
     spec_path = storage.join(experiment_dir, SPEC_FILE)
+    storage.check_reachable(spec_path, "PATH")
     if not storage.exists(spec_path):
         raise UserError("PATH", f"no sweep at {experiment_dir} ({SPEC_FILE} is missing); "
                                 "give the folder that `lth-sweep launch` printed")
