@@ -30,6 +30,7 @@ from lth_sweep.engine.data import DatasetSplits
 from lth_sweep.engine.lottery import PER_REPLICATE_METRICS, Trial
 from lth_sweep.engine.models import build_model
 from lth_sweep.engine.population import Population
+from lth_sweep.engine.pruning import density_by_kind
 from lth_sweep.errors import UserError
 from lth_sweep.report.tickets import Retraining, TrialSource, build_ticket, differences, export_ticket
 from lth_sweep.sweep.schema import ObjectiveConfig, SweepConfig
@@ -140,6 +141,28 @@ def test_ticket_is_that_round_of_that_replicate(run_dir: Path, tmp_path: Path, m
     other = export_ticket(str(run_dir), None, tmp_path / "other.pt", round_index, 1 - replicate)
     assert any(not torch.equal(m, other["masks"][n]) for n, m in ticket["masks"].items()), \
         "two replicates (two seeds) prune differently"
+
+
+def test_a_global_pruning_ticket_records_its_own_replicates_density_by_kind(tmp_path: Path) -> None:
+    """Global pruning pools the conv and fc layers under one threshold per replicate, so each replicate has its own
+    density per kind of layer: each replicate's ticket records the density_by_kind its own masks have. Before: the
+    mean over the replicates, for every replicate. (Conv-2 on 64 random 3x8x8 images: shapes are what matter.)"""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, 8, 8, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    data = DatasetSplits("cifar10", x, y, x[:16], y[:16], x[:16], y[:16], (3, 8, 8), 10, augment=False)
+    config = build_experiment({
+        "device": "cpu", "dataset": {"name": "cifar10", "augment": False}, "model": {"name": "conv2"},
+        "train": {"optimizer": "sgd", "lr": 0.05, "batch_size": 16, "iterations": 8, "eval_every": 4},
+        "prune": {"strategy": "global", "rate": 0.5, "rounds": 2}, "replicates": 2})
+    Trial(config, tmp_path / "trial", data=data).run()
+    kinds = build_model(config.model, data.input_shape, data.num_classes).prunable_kinds()
+    by_replicate = []
+    for replicate in (0, 1):
+        ticket = export_ticket(str(tmp_path / "trial"), None, tmp_path / f"r{replicate}.pt", 1, replicate)
+        own = density_by_kind({name: mask[None] for name, mask in ticket["masks"].items()}, kinds)
+        assert ticket["record"]["density_by_kind"] == own, replicate
+        by_replicate.append(own)
+    assert by_replicate[0] != by_replicate[1], "else this trial tests nothing"
 
 
 def test_default_round_is_the_sparsest_within_tolerance(run_dir: Path, tmp_path: Path) -> None:

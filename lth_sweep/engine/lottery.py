@@ -315,6 +315,10 @@ class Trial:
             "replicates": self.config.replicates,
             "seeds": self.seeds,
         }
+        if masks is not None and "per_replicate" in record:  # global pruning: each replicate's layers differ
+            record["per_replicate"]["density_by_kind"] = [
+                pruning.density_by_kind({name: mask[r:r + 1] for name, mask in masks.items()}, kinds)
+                for r in range(next(iter(masks.values())).shape[0])]
         if control is not None:
             summary = summarize_phase(control)
             summary.pop("per_replicate", None)
