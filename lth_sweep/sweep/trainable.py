@@ -37,6 +37,7 @@ from lth_sweep.sweep.tracking import LOGGED_ROUNDS_FILE, Tracker, scalar_metrics
 LEDGER_FILE = "rounds_trained.jsonl"  # local storage: one line per round trained
 LEDGER_DIR = "ledger"  # URI storage: one small object per round trained (object stores cannot append)
 FAIL_ONCE_ENV = "LTH_SWEEP_FAIL_ONCE_AFTER_ROUND"  # fault injection for tests: raise once after round k
+NODE_CHECK_DIR = "node_checks"  # URI storage: one small object per node, written as each trial starts there
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +266,32 @@ def inject_failure(run: ConfigRun, round_index: int) -> None:
         raise RuntimeError(f"injected failure after round {round_index} ({FAIL_ONCE_ENV})")
 
 
+def check_node_writes_storage(spec: LaunchSpec) -> None:
+    """With URI storage: this node can write the sweep's storage, else the trial fails at once with one line that
+    names the node and what it lacks (Tune's own first write, at the first round's report, would fail with the
+    SDK's message alone, after a round of training)."""
+    if not storage.is_uri(spec.experiment_dir):
+        return
+    import socket
+
+    import ray
+
+    host, node_id = socket.gethostname(), ray.get_runtime_context().get_node_id()
+    check = storage.join(spec.experiment_dir, NODE_CHECK_DIR, f"{node_id}.json")
+    try:  # what Tune does first when it saves a checkpoint (the folder), then a write of ours
+        fs, path = storage.filesystem(storage.join(spec.experiment_dir, NODE_CHECK_DIR))
+        fs.create_dir(path, recursive=True)
+        storage.write_text(check, json.dumps({"host": host, "ip": ray.util.get_node_ip_address(), "time": time.time()}))
+    except OSError as err:  # the line the driver prints is the first 300 characters: what to do comes first
+        reason = (str(err).splitlines() or ["-"])[0]
+        raise RuntimeError(f"node {host} ({ray.util.get_node_ip_address()}) cannot write the sweep's storage: give "
+                           "every node its credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+                           f"GOOGLE_APPLICATION_CREDENTIALS in its environment, or a role) [{reason}]") from None
+
+
 def imp_trainable(params: dict[str, Any], spec: LaunchSpec) -> None:
     """A Ray Tune function trainable: one full IMP schedule (or a pack's, see sweep/packing.py)."""
+    check_node_writes_storage(spec)
     if is_pack(params):
         from lth_sweep.sweep.pack_trainable import run_pack
 
