@@ -69,6 +69,8 @@ def test_a_copy_that_cannot_be_written_warns_once_and_the_sweep_runs_on(tmp_path
 def test_repair_puts_the_copy_back_only_when_a_file_of_tunes_cannot_be_read(tmp_path: Path) -> None:
     sweep, staging = tmp_path / "imp", tmp_path / "driver_artifacts"
     whole = write_session(staging, OLD, 2)
+    (staging / f"callback-states-{OLD}.pkl").write_bytes(pickle.dumps({"a callback": 1}))  # kept, not checked
+    whole[f"callback-states-{OLD}.pkl"] = pickle.dumps({"a callback": 1})
     SnapshotKeeper(str(sweep), warn=lambda line: None).keep(str(staging))
     write_session(sweep, OLD, 2)
     assert repair(str(sweep)) is None, "nothing to repair"

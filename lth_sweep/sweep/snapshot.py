@@ -48,10 +48,12 @@ def session_of(name: str) -> str | None:
 
 
 def read_back(name: str, data: bytes) -> None:
-    """Raises what reading a Tune state file of this name raises when its content is damaged."""
-    form = next(form for prefix, suffix, form in TUNE_STATE_FILES
-                if name == prefix or (suffix is not None and name.startswith(prefix) and name.endswith(suffix)))
-    pickle.loads(data) if form == "pickle" else json.loads(data)
+    """Raises what reading a Tune state file of this name raises when its content is damaged (a file of another
+    name, such as Tune's callback states, is not checked)."""
+    forms = [form for prefix, suffix, form in TUNE_STATE_FILES
+             if name == prefix or (suffix is not None and name.startswith(prefix) and name.endswith(suffix))]
+    if forms:
+        pickle.loads(data) if forms[0] == "pickle" else json.loads(data)
 
 
 def first_unreadable(experiment_dir: str, names: list[str] | None = None) -> Unreadable | None:
@@ -72,9 +74,10 @@ def first_unreadable(experiment_dir: str, names: list[str] | None = None) -> Unr
 
 
 def session_files(folder: str, session: str) -> list[str]:
-    """The names of a session's snapshot files in a local folder (Tune's staging folder)."""
+    """The names of a session's snapshot files in a local folder (Tune's staging folder): every `<what>-<session>`
+    .json or .pkl (the experiment's, the searcher's, the callbacks' states)."""
     return sorted(name for name in os.listdir(folder)
-                  if name.endswith(SESSION_SUFFIXES) and session_of(name) == session)
+                  if any(name.endswith(f"-{session}{suffix}") for suffix in SESSION_SUFFIXES))
 
 
 class SnapshotKeeper(Callback):
@@ -130,7 +133,7 @@ class SnapshotKeeper(Callback):
 
 
 def kept_copy(experiment_dir: str) -> dict[str, bytes] | None:
-    """The kept snapshot's files by name, or None when there is no copy, or it cannot be read or lacks a file."""
+    """The kept snapshot's files by name, or None when there is no copy, or it cannot be read or holds no snapshot."""
     path = storage.join(experiment_dir, COPY_NAME)
     try:
         with zipfile.ZipFile(io.BytesIO(storage.read_bytes(path))) as archive:
