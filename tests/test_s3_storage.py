@@ -64,6 +64,27 @@ def test_text_listing_and_folders_on_s3(s3_env: S3Server, tmp_path: Path) -> Non
     assert (tmp_path / "down" / "a" / "sweep.json").read_text() == '{"x": 1}'
 
 
+def test_a_snapshot_cut_short_in_a_bucket_is_put_back_from_the_kept_copy(s3_env: S3Server, tmp_path: Path) -> None:
+    """`repair` on S3 (writes are PUTs, the later session is set aside by a move): as on a folder
+    (test_snapshot_copy.py), the kept copy's files come back and the later session's file is renamed."""
+    from test_snapshot_copy import OLD, write_session
+
+    from lth_sweep.sweep.snapshot import SnapshotKeeper, first_unreadable, repair
+
+    sweep = s3_env.uri("unit/snapshot/imp")
+    whole = write_session(tmp_path / "staging", OLD, 2)
+    SnapshotKeeper(sweep, warn=lambda line: None).keep(str(tmp_path / "staging"))
+    state = f"experiment_state-{OLD}.json"
+    for name, data in whole.items():
+        storage.write_bytes(storage.join(sweep, name), data[:7] if name == state else data)
+    storage.write_bytes(storage.join(sweep, "searcher-state-2999-01-01_00-00-00.pkl"), b"\x80")
+    line = repair(sweep)
+    assert line is not None and "set aside the later session's searcher-state-2999-01-01_00-00-00.pkl" in line, line
+    assert {name: storage.read_bytes(storage.join(sweep, name)) for name in whole} == whole
+    assert "searcher-state-2999-01-01_00-00-00.pkl.damaged" in storage.list_files(sweep)
+    assert first_unreadable(sweep) is None
+
+
 def test_uploader_sends_what_changed_with_the_trusted_file_last(s3_env: S3Server, tmp_path: Path) -> None:
     source = tmp_path / "engine"
     (source / "sub").mkdir(parents=True)
