@@ -318,7 +318,7 @@ class Trial:
         if masks is not None and "per_replicate" in record:  # global pruning: each replicate's layers differ
             record["per_replicate"]["density_by_kind"] = [
                 pruning.density_by_kind({name: mask[r:r + 1] for name, mask in masks.items()}, kinds)
-                for r in range(next(iter(masks.values())).shape[0])]
+                for r in range(len(self.seeds))]
         if control is not None:
             summary = summarize_phase(control)
             summary.pop("per_replicate", None)

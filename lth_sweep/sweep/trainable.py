@@ -276,15 +276,16 @@ def check_node_writes_storage(spec: LaunchSpec) -> None:
 
     import ray
 
-    host, node_id = socket.gethostname(), ray.get_runtime_context().get_node_id()
-    check = storage.join(spec.experiment_dir, NODE_CHECK_DIR, f"{node_id}.json")
+    host, ip = socket.gethostname(), ray.util.get_node_ip_address()
+    folder = storage.join(spec.experiment_dir, NODE_CHECK_DIR)
     try:  # what Tune does first when it saves a checkpoint (the folder), then a write of ours
-        fs, path = storage.filesystem(storage.join(spec.experiment_dir, NODE_CHECK_DIR))
+        fs, path = storage.filesystem(folder)
         fs.create_dir(path, recursive=True)
-        storage.write_text(check, json.dumps({"host": host, "ip": ray.util.get_node_ip_address(), "time": time.time()}))
+        storage.write_text(storage.join(folder, f"{ray.get_runtime_context().get_node_id()}.json"),
+                           json.dumps({"host": host, "ip": ip, "time": time.time()}))
     except OSError as err:  # the line the driver prints is the first 300 characters: what to do comes first
         reason = (str(err).splitlines() or ["-"])[0]
-        raise RuntimeError(f"node {host} ({ray.util.get_node_ip_address()}) cannot write the sweep's storage: give "
+        raise RuntimeError(f"node {host} ({ip}) cannot write the sweep's storage: give "
                            "every node its credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
                            f"GOOGLE_APPLICATION_CREDENTIALS in its environment, or a role) [{reason}]") from None
 
