@@ -211,12 +211,12 @@ def silent_endpoint() -> Iterator[str]:
 
 
 @pytest.mark.parametrize("endpoint", ["silent", "refused"])
-def test_storage_that_does_not_answer_is_one_line_within_seconds(endpoint: str, silent_endpoint: str,
+def test_storage_that_does_not_answer_is_one_line_naming_the_key(endpoint: str, silent_endpoint: str,
                                                                   tmp_path: Path, data_root: Path) -> None:
-    """Before: `status` (and `resume`, `report`, `fetch`, `launch --storage`) at an endpoint that never answers
-    waited ~100 s in the SDK's retries, then printed its error as an unexpected one. Now one request with pyarrow's
-    standard retries (~10 s) comes first: exit 1, one line naming the key; the harness's 60 s limit would cut the
-    old wait short. A port nobody listens on fails at once, the same way."""
+    """Before: `status` (and `resume`, `report`, `fetch`, `launch --storage`) at an endpoint that never answers, or
+    at a port nobody listens on, ended in the SDK's error printed as an unexpected one (after ~100 s of its retries
+    for the silent one, measured by hand). Now one request with pyarrow's standard retries comes first (~10 s): exit
+    1, one line naming the key and what to check. No time is asserted here."""
     refused = socket.create_server(("127.0.0.1", 0))
     port = refused.getsockname()[1]
     refused.close()  # nobody listens there now
@@ -225,7 +225,7 @@ def test_storage_that_does_not_answer_is_one_line_within_seconds(endpoint: str, 
     env = h.cli_env(None, **CREDENTIALS)
     sweep_file = h.write_sweep(tmp_path / "imp.yaml", h.sweep_tree(data_root, rounds=2, num_samples=1))
     for args, key in (("status", uri), "PATH"), (("launch", sweep_file, "--storage", uri), "--storage"):
-        result = h.run_cli(*args, cwd=tmp_path, env=env, timeout=60)
+        result = h.run_cli(*args, cwd=tmp_path, env=env)
         assert result.returncode == 1 and result.stdout == "", result.explain()
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith(f"lth-sweep: error: {key}: s3://bucket/sweeps") and "the storage cannot be read (" \
