@@ -11,8 +11,10 @@ import pickle
 import zipfile
 from pathlib import Path
 
+import pytest
 from test_failures import tmpfs
 
+from lth_sweep import storage
 from lth_sweep.sweep.snapshot import COPY_NAME, SnapshotKeeper, first_unreadable, repair
 
 OLD, NEW = "2026-12-01_10-00-00", "2026-12-03_09-30-00"
@@ -93,3 +95,52 @@ def test_without_a_readable_copy_repair_leaves_the_damage_for_resume_to_name(tmp
     assert repair(str(sweep)) is None, "a damaged copy"
     assert state.read_bytes() == b'{"trial_d'
     assert first_unreadable(str(sweep)).name == state.name
+
+
+def test_repair_puts_back_a_session_whose_snapshot_never_reached_storage(tmp_path: Path) -> None:
+    """Tune uploads a snapshot after the step that saved it, and the keeper copies it at that step's end: a kill
+    in between leaves storage without any file of the session (its first snapshot), which `Tuner.restore` cannot
+    start from (tuner.pkl alone holds no search space), or with an earlier session's only."""
+    sweep, staging = tmp_path / "imp", tmp_path / "driver_artifacts"
+    whole = write_session(staging, NEW, 3)
+    SnapshotKeeper(str(sweep), warn=lambda line: None).keep(str(staging))
+    (sweep / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1}))
+    line = repair(str(sweep))
+    assert line is not None and line.startswith(f"Tune's snapshot of session {NEW} is not in storage"), line
+    assert {name: (sweep / name).read_bytes() for name in whole} == whole
+    assert repair(str(sweep)) is None, "repaired"
+    for name in whole:
+        (sweep / name).unlink()
+    earlier = write_session(sweep, OLD, 2)  # a resumed session killed before its first upload
+    assert repair(str(sweep)) is not None
+    assert {name: (sweep / name).read_bytes() for name in [*whole, *earlier]} == {**whole, **earlier}
+
+
+def test_repair_leaves_a_storage_whose_snapshot_is_as_new_as_the_copy_or_newer(tmp_path: Path) -> None:
+    sweep, staging = tmp_path / "imp", tmp_path / "driver_artifacts"
+    write_session(staging, OLD, 2)
+    SnapshotKeeper(str(sweep), warn=lambda line: None).keep(str(staging))
+    newer = write_session(sweep, NEW, 4)  # a later session whose copy could not be written (a full disk)
+    assert repair(str(sweep)) is None
+    assert {name: (sweep / name).read_bytes() for name in newer} == newer
+    assert not any(name.startswith("experiment_state-" + OLD) for name in os.listdir(sweep))
+
+
+def test_repair_writes_the_experiment_snapshot_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill during the repair must leave the storage without this session's experiment snapshot (so that the
+    next `resume` repairs again), never with it beside an earlier session's searcher state. The writes go through
+    the real `storage.write_bytes`; the wrapper only records their order."""
+    sweep, staging = tmp_path / "imp", tmp_path / "driver_artifacts"
+    write_session(staging, NEW, 3)
+    SnapshotKeeper(str(sweep), warn=lambda line: None).keep(str(staging))
+    write_session(sweep, OLD, 2)
+    written: list[str] = []
+    real = storage.write_bytes
+
+    def recording(path: str, data: bytes) -> None:
+        written.append(Path(path).name)
+        real(path, data)
+
+    monkeypatch.setattr(storage, "write_bytes", recording)
+    assert repair(str(sweep)) is not None
+    assert len(written) == 3 and written[-1] == f"experiment_state-{NEW}.json", written

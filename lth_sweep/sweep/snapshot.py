@@ -147,31 +147,45 @@ def kept_copy(experiment_dir: str) -> dict[str, bytes] | None:
     return files if any(name.startswith(SNAPSHOT_PREFIX) for name in files) else None
 
 
+def has_snapshot(names: list[str]) -> bool:
+    """Whether these names of a sweep folder's files hold an experiment snapshot of Tune's."""
+    return any(name.startswith(SNAPSHOT_PREFIX) and name.endswith(".json") and "/" not in name for name in names)
+
+
 def repair(experiment_dir: str) -> str | None:
-    """When a snapshot file Tune restores from cannot be read and the kept copy can: writes the copy's files over
-    the storage's, and sets aside (`DAMAGED_SUFFIX`) those of any later session; returns a line saying so.
-    Unreadable files are written last, and the later session's set aside after them: a kill during the repair
-    leaves a file unreadable, and the next `resume` repairs again."""
+    """When a snapshot file Tune restores from cannot be read, or storage holds no snapshot of the kept copy's
+    session (a kill before Tune's upload of it began), and the kept copy can be read: writes the copy's files
+    over the storage's, and sets aside (`DAMAGED_SUFFIX`) those of any later session; returns a line saying so.
+    Unreadable and missing files are written last, the experiment snapshot last of all, and the later session's
+    set aside after them: a kill during the repair leaves a file unreadable or missing, and the next `resume`
+    repairs again."""
     names = storage.list_files(experiment_dir)
     damaged = first_unreadable(experiment_dir, names)
-    if damaged is None or damaged.name == "tuner.pkl":
+    if damaged is not None and damaged.name == "tuner.pkl":
+        return None
+    if damaged is None and COPY_NAME not in names:
         return None
     files = kept_copy(experiment_dir)
     if files is None:
         return None
     session = next(session_of(name) for name in files if name.startswith(SNAPSHOT_PREFIX)) or ""
+    if damaged is None and any(name.startswith(SNAPSHOT_PREFIX) and (session_of(name) or "") >= session
+                               for name in names):
+        return None  # storage holds this session's snapshot, or a later one
     unreadable = set()
     for name in files:
         try:
             read_back(name, storage.read_bytes(storage.join(experiment_dir, name)))
         except Exception:  # noqa: BLE001 - absent or damaged alike: written last
             unreadable.add(name)
-    for name in sorted(files, key=lambda name: name in unreadable):
+    for name in sorted(files, key=lambda name: (name in unreadable, name.startswith(SNAPSHOT_PREFIX))):
         storage.write_bytes(storage.join(experiment_dir, name), files[name])
     later = [name for name in names if "/" not in name and (session_of(name) or "") > session]
     for name in later:
         storage.rename(storage.join(experiment_dir, name), storage.join(experiment_dir, name + DAMAGED_SUFFIX))
     set_aside = f"; set aside the later session's {', '.join(later)} (as {DAMAGED_SUFFIX})" if later else ""
-    return (f"Tune's snapshot file {damaged.name} cannot be read ({damaged.reason}), as a kill while Tune copies "
-            f"its snapshot into storage leaves it; put back Tune's last whole snapshot (session {session}) from "
-            f"{COPY_NAME}{set_aside}: trials that ran since it continue from their saved rounds")
+    what = (f"Tune's snapshot file {damaged.name} cannot be read ({damaged.reason}), as a kill while Tune copies "
+            "its snapshot into storage leaves it" if damaged is not None else
+            f"Tune's snapshot of session {session} is not in storage, as a kill before Tune copied it there leaves it")
+    return (f"{what}; put back Tune's last whole snapshot (session {session}) from {COPY_NAME}{set_aside}: "
+            "trials that ran since it continue from their saved rounds")
