@@ -14,6 +14,7 @@ import click
 from lth_sweep.errors import RunFailure, UserError
 
 if TYPE_CHECKING:
+    from lth_sweep.sweep.launch import Start
     from lth_sweep.sweep.spec import LaunchSpec
 
 ROUND_COLUMNS = (
@@ -244,7 +245,19 @@ def say_twice(text: str) -> None:
         echo(text, err=True)
 
 
+def spec_saved(spec: LaunchSpec) -> bool:
+    """Whether the sweep's spec is in its folder (a launch saves it once Ray has started, before Tune)."""
+    from lth_sweep import storage
+    from lth_sweep.sweep.spec import SPEC_FILE
+
+    return storage.exists(storage.join(spec.experiment_dir, SPEC_FILE))
+
+
 def stop_unfinished(spec: LaunchSpec, failed: bool = False) -> None:
+    if not spec_saved(spec):
+        say_twice(f"the sweep was stopped before it started; nothing of it was saved: launch it again with the same "
+                  f"command (the name {spec.name} is still free)")
+        sys.exit(130)
     say_twice(f"the sweep is not finished{' (some trials failed)' if failed else ''}; "
               f"continue it with: lth-sweep resume {shlex.quote(spec.experiment_dir)}")
     sys.exit(1 if failed else 130)
@@ -253,12 +266,14 @@ def stop_unfinished(spec: LaunchSpec, failed: bool = False) -> None:
 def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
     from lth_sweep.sweep.status import sweep_status
 
+    if interrupted and not spec_saved(spec):
+        stop_unfinished(spec)
     status = sweep_status(spec.experiment_dir)
     print_status(status)
     failed = any(row["state"] == "ERROR" for row in status["trials"])
     from lth_sweep.sweep.fetch import has_offline_runs, wandb_sync_command
 
-    if spec.wandb_mode == "offline" or (spec.wandb_mode == "online" and has_offline_runs(spec.experiment_dir)):
+    if spec.wandb_mode in ("offline", "online") and has_offline_runs(spec.experiment_dir):
         echo(f"W&B runs were written offline; upload them with: {wandb_sync_command(spec.experiment_dir, spec.name)}")
     if interrupted or not is_finished(status):
         # Tune catches Ctrl+C itself, saves the experiment and returns: unfinished trials and no
@@ -267,7 +282,7 @@ def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
     echo(f"everything is under {spec.experiment_dir}")
 
 
-def run_and_finish(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool) -> None:
+def run_and_finish(spec: LaunchSpec, address: str | None, start: Start, verbose: bool) -> None:
     """Runs the sweep and prints its summary; Ctrl+C at any point ends with the resume command and exit 130."""
     from lth_sweep.sweep.launch import driver_log_path, run_sweep
 
@@ -275,7 +290,7 @@ def run_and_finish(spec: LaunchSpec, address: str | None, resume: bool, verbose:
     try:
         if not verbose:
             echo(f"# Ray's and Tune's own output goes to {driver_log_path(spec)} (-v shows it here)")
-        _, interrupted = run_sweep(spec, address, resume=resume, verbose=verbose)
+        _, interrupted = run_sweep(spec, address, start, verbose=verbose)
         finish_sweep(spec, interrupted)
     except KeyboardInterrupt:
         stop_unfinished(spec)
@@ -320,7 +335,7 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
         packs = f" in packs of {pack} per Ray trial" if isinstance(pack, int) and pack > 1 else ""
         echo(f"# sweep {sweep.name}: {sweep.search.num_samples} trials{packs}, objective {sweep.objective.name}, "
              f"W&B {spec.wandb_mode} -> {spec.experiment_dir}")
-        run_and_finish(spec, address, resume=False, verbose=verbose)
+        run_and_finish(spec, address, "launch", verbose=verbose)
 
 
 @cli.command()
@@ -330,6 +345,7 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
 @VERBOSE
 def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) -> None:
     """Continue an interrupted sweep; finished rounds are never recomputed."""
+    from lth_sweep import storage
     from lth_sweep.sweep.launch import (
         check_address,
         check_cluster_storage,
@@ -339,8 +355,8 @@ def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) 
         with_env_wandb_mode,
     )
     from lth_sweep.sweep.lock import driver_lock
-    from lth_sweep.sweep.snapshot import repair
-    from lth_sweep.sweep.spec import load_spec
+    from lth_sweep.sweep.snapshot import has_snapshot, repair
+    from lth_sweep.sweep.spec import SPEC_FILE, load_spec
     from lth_sweep.sweep.status import sweep_status
 
     spec = with_env_wandb_mode(load_spec(path))
@@ -358,13 +374,20 @@ def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) 
             echo(f"sweep {spec.name} at {spec.experiment_dir} is finished ({len(status['trials'])} trials); "
                  f"nothing to resume; see: lth-sweep status {shlex.quote(spec.experiment_dir)}")
             return
-        check_restorable(spec.experiment_dir)
+        # a launch stopped before Tune saved its first snapshot (and no copy of one was put back) cannot be
+        # restored: Tune's tuner.pkl alone holds a searcher without its search space, if it was written at all
+        start: Start = "restore" if has_snapshot(storage.list_files(spec.experiment_dir)) else "relaunch"
+        if start == "restore":
+            check_restorable(spec.experiment_dir)
         check_ray_temp_dir(address)
         echo(f"# resuming sweep {spec.name} at {spec.experiment_dir}")
+        if start == "relaunch":
+            echo("# its launch was stopped before Tune saved a snapshot of it: starting it again from its "
+                 f"{SPEC_FILE}; rounds its trials trained are found by their configs")
         if dead_driver:
             echo(f"# taking the sweep over from pid {dead_driver.get('pid')} on host {dead_driver.get('host')}, "
                  "which stopped without releasing it")
-        run_and_finish(spec, address, resume=True, verbose=verbose)
+        run_and_finish(spec, address, start, verbose=verbose)
 
 
 @cli.command()

@@ -280,6 +280,31 @@ def test_resume_puts_back_a_snapshot_a_kill_cut_short(sweep: h.Sweep, tmp_path: 
     assert sorted((ray_tmp / "ray").glob("session_2*")) == sessions, "no Ray was started"
 
 
+@pytest.mark.parametrize("tuner_pkl", ["whole", "cut short"])
+def test_a_launch_killed_before_tunes_first_snapshot_resumes_by_launching_again(
+        sweep: h.Sweep, trials: list[dict[str, Any]], tmp_path: Path, ray_tmp: Path, tuner_pkl: str) -> None:
+    """A driver killed after saving sweep.json and before Tune's first snapshot reached storage (~0.2 s on this VM,
+    tuner.pkl whole; or during Tune's write of tuner.pkl, in place) left a sweep that `Tuner.restore` cannot
+    start: tuner.pkl alone holds a searcher with no search space (a traceback), a cut one cannot be read, and
+    `launch` refuses the name. `resume` launches it again from its sweep.json: the rounds its trials trained are
+    found by their configs (the sampler is seeded), so nothing is retrained and the results are the same."""
+    copy = tmp_path / "imp"
+    shutil.copytree(sweep.dir, copy, ignore=shutil.ignore_patterns(
+        "experiment_state-*", "search_gen_state-*", "searcher-state-*", COPY_NAME, "trial_*", "optuna_journal.log"))
+    whole = (sweep.dir / "tuner.pkl").read_bytes()
+    (copy / "tuner.pkl").write_bytes(whole if tuner_pkl == "whole" else whole[: len(whole) // 3])
+    before = h.ledger(copy)
+    result = h.run_cli("resume", copy, cwd=sweep.cwd, env=h.cli_env(ray_tmp), timeout=240)
+    assert result.returncode == 0, result.explain()
+    assert result.stdout.splitlines()[1].startswith("# its launch was stopped before Tune saved a snapshot of it: "
+                                                    "starting it again from its sweep.json"), result.explain()
+    assert h.ledger(copy) == before, "a round was trained again"
+    after = h.status_json(copy, sweep.cwd, sweep.env)
+    assert [t["state"] for t in after["trials"]] == ["TERMINATED"] * NUM_SAMPLES, after["trials"]
+    assert sorted((t["config_hash"], t["objective"]) for t in after["trials"]) == sorted(
+        (t["config_hash"], t["objective"]) for t in trials)
+
+
 def test_launching_the_same_name_again_exits_2_and_leaves_it_alone(sweep: h.Sweep) -> None:
     before = h.ledger(sweep.dir)
     names = sorted(p.name for p in sweep.dir.iterdir())

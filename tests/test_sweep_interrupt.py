@@ -51,3 +51,60 @@ def test_ctrl_c_saves_exits_and_resumes(tmp_path: Path, data_root: Path, ray_tmp
     assert not any(trial_id in best_line for trial_id in partial), output[-3000:]
 
     h.resume_to_the_end(sweep_dir, tmp_path, env, NUM_SAMPLES, ROUNDS)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("moment", ["importing Ray", "starting Ray"])
+def test_ctrl_c_while_the_launch_starts_stops_it_once_set_up_and_resume_launches_it_again(
+        tmp_path: Path, data_root: Path, ray_tmp: Path, moment: str) -> None:
+    """Ctrl+C while the driver imports Ray (once its log is open) or while Ray starts (its session folder made).
+    Before, a KeyboardInterrupt raised there left Ray half imported (a traceback from importing it again), or a
+    lock of `logging` held that the thread importing Tune then waited on (the launch hung, 1 in 3), or no
+    sweep.json (the launch said "no sweep at ...", exit 2). Now the Ctrl+C takes effect once the sweep is set
+    up: exit 130 with the resume command and no process left; Tune never started, so the resume launches the
+    sweep again from its sweep.json."""
+    sweep_file = h.write_sweep(tmp_path / "imp.yaml", h.sweep_tree(data_root, rounds=1, num_samples=1))
+    sweep_dir = tmp_path / "storage" / "imp"
+    env = h.cli_env(ray_tmp)
+    with open(tmp_path / "launch.log", "w") as log:
+        proc = subprocess.Popen(h.cli_argv("launch", sweep_file, "--storage", tmp_path / "storage"), cwd=tmp_path,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        sessions = set((ray_tmp / "ray").glob("session_2*"))
+        ready = ((lambda: (sweep_dir / "driver.log").exists()) if moment == "importing Ray" else
+                 (lambda: set((ray_tmp / "ray").glob("session_2*")) - sessions))
+        h.poll(lambda: ready() or proc.poll() is not None, timeout=60, interval=0.02, what=moment)
+        assert proc.poll() is None, "the launch ended before Ctrl+C:\n" + (tmp_path / "launch.log").read_text()
+        assert not (sweep_dir / "sweep.json").exists(), "Ctrl+C came after the spec was saved"
+        proc.send_signal(signal.SIGINT)
+        returncode = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            h.kill_group(proc.pid)
+            proc.wait()
+    assert h.kill_marked(wait=10) == [], "a process of the Ray it started outlived the launch"
+    output = (tmp_path / "launch.log").read_text()
+    assert returncode == 130, output
+    assert f"the sweep is not finished; continue it with: lth-sweep resume {sweep_dir}" in output, output
+    assert "Traceback" not in output and "W&B runs were written offline" not in output, output
+    assert not list(sweep_dir.glob("experiment_state-*")), "Tune started"
+    resumed = h.resume_to_the_end(sweep_dir, tmp_path, env, num_samples=1, rounds=1)
+    assert "# its launch was stopped before Tune saved a snapshot of it" in resumed.stdout, resumed.explain()
+
+
+def test_a_launch_stopped_before_it_saved_its_spec_says_to_launch_it_again(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A Ctrl+C between taking the sweep's lock and the start-up that defers it (a few lines of Python) leaves no
+    sweep.json: nothing to resume, and the name is free."""
+    from lth_sweep.cli import finish_sweep
+    from lth_sweep.sweep.launch import prepare_launch
+    from lth_sweep.sweep.schema import load_sweep
+
+    sweep, experiment = load_sweep(Path(__file__).parents[1] / "sweeps" / "quickstart.yaml", {})
+    spec = prepare_launch(sweep, experiment, str(tmp_path / "storage"), "imp")
+    with pytest.raises(SystemExit) as exit_:
+        finish_sweep(spec, interrupted=True)
+    assert exit_.value.code == 130
+    assert capfd.readouterr().out.strip().splitlines()[-1] == (
+        "the sweep was stopped before it started; nothing of it was saved: launch it again with the same command "
+        "(the name imp is still free)")

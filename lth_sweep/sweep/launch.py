@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from lth_sweep import storage
 from lth_sweep.config import build_experiment, machine_cpus
@@ -29,6 +29,9 @@ from lth_sweep.sweep.packing import remove_pack_checkpoints
 from lth_sweep.sweep.schema import ResourcesConfig, SweepConfig, objective_metrics
 from lth_sweep.sweep.spec import SPEC_FILE, LaunchSpec, save_spec
 from lth_sweep.sweep.tracking import resolve_mode
+
+if TYPE_CHECKING:
+    from lth_sweep.sweep.terminal import Terminal
 
 
 def make_sampler(sweep: SweepConfig):
@@ -263,6 +266,29 @@ def importing_meanwhile(modules: tuple[str, ...]) -> Iterator[None]:
         thread.join()
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """A Ctrl+C inside the block takes effect (a KeyboardInterrupt) when the block ends; a second one at once. Raised
+    at any point, a KeyboardInterrupt can leave a module half imported (Ray's: importing it again fails) or a lock
+    of `logging` held by this thread (then the thread importing Tune meanwhile waits on it forever: seen during
+    `ray.init`, 1 launch in 3)."""
+    pressed = False
+
+    def press(signum: int, frame: Any) -> None:
+        nonlocal pressed
+        if pressed:
+            raise KeyboardInterrupt
+        pressed = True
+
+    previous = signal.signal(signal.SIGINT, press)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
+
+
 def with_env_wandb_mode(spec: LaunchSpec) -> LaunchSpec:
     """On resume: an explicit WANDB_MODE now wins over the mode that `auto` resolved to at launch."""
     if spec.sweep.wandb.mode != "auto" or not os.environ.get("WANDB_MODE"):
@@ -434,6 +460,9 @@ def prepare_launch(sweep: SweepConfig, experiment: dict[str, Any], storage_locat
 
 
 DRIVER_LOG = "driver.log"
+# how `run_sweep` starts Tune: a new sweep (its spec saved first); Tune's restore of a sweep from its snapshot; or a
+# new Tuner for a saved spec whose launch was stopped before Tune saved a snapshot it could restore
+Start = Literal["launch", "restore", "relaunch"]
 
 
 def driver_log_path(spec: LaunchSpec) -> Path:
@@ -450,44 +479,54 @@ def remove_stale_pack_checkpoints(spec: LaunchSpec) -> None:
         remove_pack_checkpoints(Path(spec.experiment_dir) / "by_config")
 
 
-def run_sweep(spec: LaunchSpec, address: str | None, resume: bool, verbose: bool = False) -> tuple[Any, bool]:
-    """Launches (or resumes) the sweep, a progress line per round on the terminal and Ray's own output in
-    `driver_log_path(spec)` (on the terminal too with `verbose`); returns (ResultGrid or None, interrupted).
-    Ray is shut down before it returns, Ctrl+C or not, and no process of the Ray instance it started is left."""
-    from lth_sweep.sweep.terminal import Terminal
+def set_up_tuner(spec: LaunchSpec, address: str | None, start: Start, terminal: Terminal,
+                 verbose: bool) -> tuple[Any, Any]:
+    """Starts Ray (or joins the cluster) and builds or restores the Tuner; returns it with the member-ASHA actor
+    handle (None unless a pack sweep under ASHA), which must be held until the sweep ends. A launch saves
+    its spec here."""
+    with importing_meanwhile(DRIVER_IMPORTS):
+        warning = init_ray(address, spec)
+    from ray import tune
+
+    from lth_sweep.sweep.progress import Progress
+    from lth_sweep.sweep.snapshot import SnapshotKeeper
 
     metrics, modes = objective_metrics(spec.sweep.objective)
     single = len(metrics) == 1
+    set_trial_actor_runtime_env(address)
+    skip_callback_usage_tag()
+    progress = Progress(terminal, spec, metrics[0] if single else None, modes[0] if single else None)
+    callbacks = [progress, SnapshotKeeper(spec.experiment_dir, terminal.line), *result_loggers()]
+    if warning:
+        terminal.line(f"lth-sweep: warning: {warning}")
+    member_asha = start_member_asha(spec)
+    if start == "launch":
+        save_spec(spec)
+    if start != "restore":
+        return build_tuner(spec, on_cluster=address is not None, callbacks=callbacks, verbose=verbose), member_asha
+    tuner = tune.Tuner.restore(spec.experiment_dir, make_trainable(spec), resume_unfinished=True,
+                               resume_errored=True)
+    # the run config comes back from tuner.pkl as launched: this run's progress and verbosity (no public API sets
+    # them on a restored Tuner; a Ray Client tuner has no local one)
+    if tuner._local_tuner is not None:
+        run_config = tuner._local_tuner.get_run_config()
+        run_config.callbacks = callbacks
+        run_config.verbose = 1 if verbose else 0
+    return tuner, member_asha
+
+
+def run_sweep(spec: LaunchSpec, address: str | None, start: Start, verbose: bool = False) -> tuple[Any, bool]:
+    """Launches, restores or launches again (`Start`) the sweep, a progress line per round on the terminal and
+    Ray's own output in `driver_log_path(spec)` (on the terminal too with `verbose`); returns (ResultGrid or None,
+    interrupted).
+    Ray is shut down before it returns, Ctrl+C or not, and no process of the Ray instance it started is left."""
+    from lth_sweep.sweep.terminal import Terminal
+
     remove_stale_pack_checkpoints(spec)  # the caller holds the sweep's lock: no trial of it runs
     with Terminal(None if verbose else driver_log_path(spec)) as terminal:
         try:
-            with importing_meanwhile(DRIVER_IMPORTS):
-                warning = init_ray(address, spec)
-            from ray import tune
-
-            from lth_sweep.sweep.progress import Progress
-            from lth_sweep.sweep.snapshot import SnapshotKeeper
-
-            set_trial_actor_runtime_env(address)
-            skip_callback_usage_tag()
-            progress = Progress(terminal, spec, metrics[0] if single else None, modes[0] if single else None)
-            callbacks = [progress, SnapshotKeeper(spec.experiment_dir, terminal.line), *result_loggers()]
-            if warning:
-                terminal.line(f"lth-sweep: warning: {warning}")
-            member_asha = start_member_asha(spec)  # noqa: F841 - held until the sweep ends
-            if not resume:
-                save_spec(spec)
-            if resume:
-                tuner = tune.Tuner.restore(spec.experiment_dir, make_trainable(spec),
-                                           resume_unfinished=True, resume_errored=True)
-                # the run config comes back from tuner.pkl as launched: this run's progress and verbosity
-                # (no public API sets them on a restored Tuner; a Ray Client tuner has no local one)
-                if tuner._local_tuner is not None:
-                    run_config = tuner._local_tuner.get_run_config()
-                    run_config.callbacks = callbacks
-                    run_config.verbose = 1 if verbose else 0
-            else:
-                tuner = build_tuner(spec, on_cluster=address is not None, callbacks=callbacks, verbose=verbose)
+            with interrupts_deferred():  # the member-ASHA actor lives as long as its handle: held until the end
+                tuner, member_asha = set_up_tuner(spec, address, start, terminal, verbose)
             return tuner.fit(), False
         except KeyboardInterrupt:  # a second Ctrl+C (Tune handles the first), or one before Tune started
             return None, True
@@ -509,8 +548,9 @@ def shutdown_ray() -> None:
     """ray.shutdown(), then ends what is left of the Ray instance this driver started (its agents ignore
     SIGTERM and would linger for minutes). A cluster this driver only joined is left alone. Ctrl+C is
     ignored meanwhile: a second one must not leave Ray half stopped."""
-    import ray
-
+    ray = sys.modules.get("ray")
+    if ray is None or not hasattr(ray, "shutdown"):
+        return  # Ray was never imported whole here (importing it again after a cut import fails): none started
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         ours = ray_session_processes()
