@@ -204,8 +204,11 @@ def print_status(status: dict[str, Any]) -> None:
     echo(f"sweep {status['name']} at {status['experiment_dir']}: objective {status['objective']} "
          f"({', '.join(f'{m} {o}' for m, o in zip(status['metric'], status['mode'], strict=True))}); "
          f"{len(status['trials'])}/{status['num_samples']} trials "
-         + ", ".join(f"{n} {state.lower().replace('_', ' ')}" for state, n in status["counts"].items())
+         + (", ".join(f"{n} {state.lower().replace('_', ' ')}" for state, n in status["counts"].items())
+            or "(Tune has started none yet)")
          + (f" ({stopped} of them stopped early by ASHA)" if stopped else ""))
+    if not status["trials"]:
+        return
     params = sorted({k for row in status["trials"] for k in row["params"]})
     single = len(status["metric"]) == 1  # a Pareto sweep's objective is (density, val_acc): no column of its own
     columns = ["trial_id", "state", *params, "rounds_done", "density", "val_acc", *(["objective"] if single else [])]

@@ -87,6 +87,7 @@ def test_ctrl_c_while_the_launch_starts_stops_it_once_set_up_and_resume_launches
     assert returncode == 130, output
     assert f"the sweep is not finished; continue it with: lth-sweep resume {sweep_dir}" in output, output
     assert "Traceback" not in output and "W&B runs were written offline" not in output, output
+    assert "; 0/1 trials (Tune has started none yet)" in output and "trial_id" not in output, output
     assert not list(sweep_dir.glob("experiment_state-*")), "Tune started"
     resumed = h.resume_to_the_end(sweep_dir, tmp_path, env, num_samples=1, rounds=1)
     assert "# its launch was stopped before Tune saved a snapshot of it" in resumed.stdout, resumed.explain()
