@@ -257,13 +257,17 @@ def spec_saved(spec: LaunchSpec) -> bool:
 
 
 def stop_unfinished(spec: LaunchSpec, failed: bool = False) -> None:
+    """The line that says how to go on, then exit: 1 if trials failed, else 130 (Ctrl+C) or 143 (SIGTERM)."""
+    from lth_sweep.sweep.launch import TERMINATED
+
+    stopped = 143 if TERMINATED else 130
     if not spec_saved(spec):
         say_twice(f"the sweep was stopped before it started; nothing of it was saved: launch it again with the same "
                   f"command (the name {spec.name} is still free)")
-        sys.exit(130)
+        sys.exit(stopped)
     say_twice(f"the sweep is not finished{' (some trials failed)' if failed else ''}; "
               f"continue it with: lth-sweep resume {shlex.quote(spec.experiment_dir)}")
-    sys.exit(1 if failed else 130)
+    sys.exit(1 if failed else stopped)
 
 
 def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
@@ -286,7 +290,8 @@ def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
 
 
 def run_and_finish(spec: LaunchSpec, address: str | None, start: Start, verbose: bool) -> None:
-    """Runs the sweep and prints its summary; Ctrl+C at any point ends with the resume command and exit 130."""
+    """Runs the sweep and prints its summary; Ctrl+C (SIGTERM) at any point ends with the resume command and exit
+    130 (143)."""
     from lth_sweep.sweep.launch import driver_log_path, run_sweep
 
     RAN_RAY.append(True)

@@ -289,6 +289,30 @@ def interrupts_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+TERMINATED: list[int] = []  # SIGTERM reached this driver while `sigterm_as_ctrl_c` held (then the exit code is 143)
+
+
+def terminate_as_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGTERM's handler: what Ctrl+C does now (Tune's handler while it runs, `interrupts_deferred`'s before)."""
+    TERMINATED.append(signum)
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """Inside the block, SIGTERM (a batch scheduler's preemption, `kill`, a container's stop) does what Ctrl+C
+    does: Tune stops the trials and saves its snapshot, and the driver prints the resume command and shuts Ray
+    down. `ray.init` sets a handler of its own (`sys.exit`: the driver ended with its output unflushed and
+    nothing said), so `set_up_tuner` puts this one back after it."""
+    previous = signal.signal(signal.SIGTERM, terminate_as_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def with_env_wandb_mode(spec: LaunchSpec) -> LaunchSpec:
     """On resume: an explicit WANDB_MODE now wins over the mode that `auto` resolved to at launch."""
     if spec.sweep.wandb.mode != "auto" or not os.environ.get("WANDB_MODE"):
@@ -486,6 +510,7 @@ def set_up_tuner(spec: LaunchSpec, address: str | None, start: Start, terminal: 
     its spec here."""
     with importing_meanwhile(DRIVER_IMPORTS):
         warning = init_ray(address, spec)
+    signal.signal(signal.SIGTERM, terminate_as_ctrl_c)  # ray.init replaced it
     from ray import tune
 
     from lth_sweep.sweep.progress import Progress
@@ -519,11 +544,12 @@ def run_sweep(spec: LaunchSpec, address: str | None, start: Start, verbose: bool
     """Launches, restores or launches again (`Start`) the sweep, a progress line per round on the terminal and
     Ray's own output in `driver_log_path(spec)` (on the terminal too with `verbose`); returns (ResultGrid or None,
     interrupted).
-    Ray is shut down before it returns, Ctrl+C or not, and no process of the Ray instance it started is left."""
+    Ray is shut down before it returns, Ctrl+C (or SIGTERM) or not, and no process of the Ray instance it started
+    is left."""
     from lth_sweep.sweep.terminal import Terminal
 
     remove_stale_pack_checkpoints(spec)  # the caller holds the sweep's lock: no trial of it runs
-    with Terminal(None if verbose else driver_log_path(spec)) as terminal:
+    with Terminal(None if verbose else driver_log_path(spec)) as terminal, sigterm_as_ctrl_c():
         try:
             with interrupts_deferred():  # the member-ASHA actor lives as long as its handle: held until the end
                 tuner, member_asha = set_up_tuner(spec, address, start, terminal, verbose)
