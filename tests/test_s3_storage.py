@@ -85,6 +85,24 @@ def test_a_snapshot_cut_short_in_a_bucket_is_put_back_from_the_kept_copy(s3_env:
     assert first_unreadable(sweep) is None
 
 
+def test_a_session_whose_snapshot_never_reached_the_bucket_is_put_back(s3_env: S3Server, tmp_path: Path) -> None:
+    """A kill before Tune's upload of a session's first snapshot began leaves the bucket without it (a listing,
+    not a read, finds that out); `repair` puts the kept copy back and `has_snapshot` then sees it."""
+    from test_snapshot_copy import NEW, write_session
+
+    from lth_sweep.sweep.snapshot import SnapshotKeeper, has_snapshot, repair
+
+    sweep = s3_env.uri("unit/snapshot/first")
+    whole = write_session(tmp_path / "staging", NEW, 3)
+    SnapshotKeeper(sweep, warn=lambda line: None).keep(str(tmp_path / "staging"))
+    storage.write_bytes(storage.join(sweep, "tuner.pkl"), b"\x80\x04N.")
+    assert not has_snapshot(storage.list_files(sweep))
+    line = repair(sweep)
+    assert line is not None and line.startswith(f"Tune's snapshot of session {NEW} is not in storage"), line
+    assert {name: storage.read_bytes(storage.join(sweep, name)) for name in whole} == whole
+    assert has_snapshot(storage.list_files(sweep)) and repair(sweep) is None
+
+
 def test_uploader_sends_what_changed_with_the_trusted_file_last(s3_env: S3Server, tmp_path: Path) -> None:
     source = tmp_path / "engine"
     (source / "sub").mkdir(parents=True)
