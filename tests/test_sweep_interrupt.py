@@ -7,12 +7,40 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sweep_helpers as h
 
 NUM_SAMPLES, ROUNDS = 3, 3
+
+
+def launch_and_signal(tmp_path: Path, tree: dict[str, Any], env: dict[str, str], ready: Callable[[], Any],
+                      signum: int, timeout: float, interval: float,
+                      before: Callable[[], bool] = lambda: True) -> tuple[int, str, float]:
+    """Launches the sweep `tree` into tmp_path/storage, sends it `signum` once `ready()` (checking `before()`
+    then), waits for it to exit and reaps its process group; returns (exit code, its output, seconds from the
+    signal to the exit)."""
+    sweep_file = h.write_sweep(tmp_path / "imp.yaml", tree)
+    with open(tmp_path / "launch.log", "w") as log:
+        proc = subprocess.Popen(h.cli_argv("launch", sweep_file, "--storage", tmp_path / "storage"), cwd=tmp_path,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        h.poll(lambda: ready() or proc.poll() is not None, timeout=timeout, interval=interval, what="the moment")
+        assert proc.poll() is None, "the launch ended before the signal:\n" + (tmp_path / "launch.log").read_text()
+        assert before(), (tmp_path / "launch.log").read_text()
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        returncode = proc.wait(timeout=60)
+        seconds = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            h.kill_group(proc.pid)
+            proc.wait()
+    h.reap_group(proc.pid, wait=5)
+    return returncode, (tmp_path / "launch.log").read_text(), seconds
 
 
 @pytest.mark.timeout(400)
@@ -24,26 +52,10 @@ def test_ctrl_c_saves_exits_and_resumes(tmp_path: Path, data_root: Path, ray_tmp
     at once with exit 1, its output unflushed and no resume command."""
     tree = h.sweep_tree(data_root, epochs=6, rounds=ROUNDS, num_samples=NUM_SAMPLES, max_concurrent=1,
                         sampler="random")
-    sweep_file = h.write_sweep(tmp_path / "imp.yaml", tree)
     sweep_dir = tmp_path / "storage" / "imp"
     env = h.cli_env(ray_tmp)
-    with open(tmp_path / "launch.log", "w") as log:
-        proc = subprocess.Popen(h.cli_argv("launch", sweep_file, "--storage", tmp_path / "storage"), cwd=tmp_path,
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        h.poll(lambda: len(h.ledger(sweep_dir)) >= 2 or proc.poll() is not None, timeout=240, interval=0.1,
-               what="two rounds trained")
-        assert proc.poll() is None, "the sweep ended before Ctrl+C:\n" + (tmp_path / "launch.log").read_text()
-        sent = time.monotonic()
-        proc.send_signal(signum)
-        returncode = proc.wait(timeout=60)
-        seconds = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            h.kill_group(proc.pid)
-            proc.wait()
-    h.reap_group(proc.pid, wait=5)
-    output = (tmp_path / "launch.log").read_text()
+    returncode, output, seconds = launch_and_signal(tmp_path, tree, env, lambda: len(h.ledger(sweep_dir)) >= 2,
+                                                    signum, timeout=240, interval=0.1)
     assert returncode == exit_code, output[-3000:]
     assert seconds < 30, f"stopping took {seconds:.1f} s"
     assert f"lth-sweep resume {sweep_dir}" in output
@@ -69,27 +81,15 @@ def test_ctrl_c_while_the_launch_starts_stops_it_once_set_up_and_resume_launches
     sweep.json (the launch said "no sweep at ...", exit 2). Now the Ctrl+C takes effect once the sweep is set
     up: exit 130 with the resume command and no process left; Tune never started, so the resume launches the
     sweep again from its sweep.json."""
-    sweep_file = h.write_sweep(tmp_path / "imp.yaml", h.sweep_tree(data_root, rounds=1, num_samples=1))
     sweep_dir = tmp_path / "storage" / "imp"
     env = h.cli_env(ray_tmp)
-    with open(tmp_path / "launch.log", "w") as log:
-        proc = subprocess.Popen(h.cli_argv("launch", sweep_file, "--storage", tmp_path / "storage"), cwd=tmp_path,
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        sessions = set((ray_tmp / "ray").glob("session_2*"))
-        ready = ((lambda: (sweep_dir / "driver.log").exists()) if moment == "importing Ray" else
-                 (lambda: set((ray_tmp / "ray").glob("session_2*")) - sessions))
-        h.poll(lambda: ready() or proc.poll() is not None, timeout=60, interval=0.02, what=moment)
-        assert proc.poll() is None, "the launch ended before Ctrl+C:\n" + (tmp_path / "launch.log").read_text()
-        assert not (sweep_dir / "sweep.json").exists(), "Ctrl+C came after the spec was saved"
-        proc.send_signal(signal.SIGINT)
-        returncode = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            h.kill_group(proc.pid)
-            proc.wait()
+    sessions = set((ray_tmp / "ray").glob("session_2*"))
+    ready = ((lambda: (sweep_dir / "driver.log").exists()) if moment == "importing Ray" else
+             (lambda: bool(set((ray_tmp / "ray").glob("session_2*")) - sessions)))
+    returncode, output, _ = launch_and_signal(tmp_path, h.sweep_tree(data_root, rounds=1, num_samples=1), env,
+                                              ready, signal.SIGINT, timeout=60, interval=0.02,
+                                              before=lambda: not (sweep_dir / "sweep.json").exists())
     assert h.kill_marked(wait=10) == [], "a process of the Ray it started outlived the launch"
-    output = (tmp_path / "launch.log").read_text()
     assert returncode == 130, output
     assert f"the sweep is not finished; continue it with: lth-sweep resume {sweep_dir}" in output, output
     assert "Traceback" not in output and "W&B runs were written offline" not in output, output
