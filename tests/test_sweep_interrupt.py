@@ -1,12 +1,11 @@
-"""Ctrl+C (and SIGTERM) on `lth-sweep launch`: Tune saves the experiment, the command exits within seconds with
-130 (143) and prints the resume command, and `lth-sweep resume` finishes the sweep; a Ctrl+C while the launch
+"""Ctrl+C (and SIGTERM) on `lth-sweep launch`: Tune saves the experiment, the command exits (within the harness's
+60 s) with 130 (143) and prints the resume command, and `lth-sweep resume` finishes the sweep; a Ctrl+C while the launch
 starts. Real Ray, Optuna, W&B offline."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,9 @@ NUM_SAMPLES, ROUNDS = 3, 3
 
 def launch_and_signal(tmp_path: Path, tree: dict[str, Any], env: dict[str, str], ready: Callable[[], Any],
                       signum: int, timeout: float, interval: float,
-                      before: Callable[[], bool] = lambda: True) -> tuple[int, str, float]:
+                      before: Callable[[], bool] = lambda: True) -> tuple[int, str]:
     """Launches the sweep `tree` into tmp_path/storage, sends it `signum` once `ready()` (checking `before()`
-    then), waits for it to exit and reaps its process group; returns (exit code, its output, seconds from the
-    signal to the exit)."""
+    then), waits for it to exit (60 s at most) and reaps its process group; returns (exit code, its output)."""
     sweep_file = h.write_sweep(tmp_path / "imp.yaml", tree)
     with open(tmp_path / "launch.log", "w") as log:
         proc = subprocess.Popen(h.cli_argv("launch", sweep_file, "--storage", tmp_path / "storage"), cwd=tmp_path,
@@ -31,16 +29,14 @@ def launch_and_signal(tmp_path: Path, tree: dict[str, Any], env: dict[str, str],
         h.poll(lambda: ready() or proc.poll() is not None, timeout=timeout, interval=interval, what="the moment")
         assert proc.poll() is None, "the launch ended before the signal:\n" + (tmp_path / "launch.log").read_text()
         assert before(), (tmp_path / "launch.log").read_text()
-        sent = time.monotonic()
         proc.send_signal(signum)
         returncode = proc.wait(timeout=60)
-        seconds = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             h.kill_group(proc.pid)
             proc.wait()
     h.reap_group(proc.pid, wait=5)
-    return returncode, (tmp_path / "launch.log").read_text(), seconds
+    return returncode, (tmp_path / "launch.log").read_text()
 
 
 @pytest.mark.timeout(400)
@@ -54,10 +50,9 @@ def test_ctrl_c_saves_exits_and_resumes(tmp_path: Path, data_root: Path, ray_tmp
                         sampler="random")
     sweep_dir = tmp_path / "storage" / "imp"
     env = h.cli_env(ray_tmp)
-    returncode, output, seconds = launch_and_signal(tmp_path, tree, env, lambda: len(h.ledger(sweep_dir)) >= 2,
-                                                    signum, timeout=240, interval=0.1)
+    returncode, output = launch_and_signal(tmp_path, tree, env, lambda: len(h.ledger(sweep_dir)) >= 2, signum,
+                                           timeout=240, interval=0.1)
     assert returncode == exit_code, output[-3000:]
-    assert seconds < 30, f"stopping took {seconds:.1f} s"
     assert f"lth-sweep resume {sweep_dir}" in output
     assert len(h.ledger(sweep_dir)) < NUM_SAMPLES * ROUNDS
     # "best trials" are trials that finished all their rounds, never a running value
@@ -86,7 +81,7 @@ def test_ctrl_c_while_the_launch_starts_stops_it_once_set_up_and_resume_launches
     sessions = set((ray_tmp / "ray").glob("session_2*"))
     ready = ((lambda: (sweep_dir / "driver.log").exists()) if moment == "importing Ray" else
              (lambda: bool(set((ray_tmp / "ray").glob("session_2*")) - sessions)))
-    returncode, output, _ = launch_and_signal(tmp_path, h.sweep_tree(data_root, rounds=1, num_samples=1), env,
+    returncode, output = launch_and_signal(tmp_path, h.sweep_tree(data_root, rounds=1, num_samples=1), env,
                                               ready, signal.SIGINT, timeout=60, interval=0.02,
                                               before=lambda: not (sweep_dir / "sweep.json").exists())
     assert h.kill_marked(wait=10) == [], "a process of the Ray it started outlived the launch"
