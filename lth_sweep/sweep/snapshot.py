@@ -23,7 +23,7 @@ from ray.tune import Callback
 
 from lth_sweep import storage
 from lth_sweep.errors import RunFailure
-from lth_sweep.sweep.status import SNAPSHOT_PREFIX
+from lth_sweep.sweep.status import SNAPSHOT_PREFIX, snapshot_files
 
 COPY_NAME = "tune-snapshot-copy.zip"
 SESSION_SUFFIXES = (".json", ".pkl")  # Tune's snapshot files of a session end in -<session><suffix>
@@ -149,7 +149,7 @@ def kept_copy(experiment_dir: str) -> dict[str, bytes] | None:
 
 def has_snapshot(names: list[str]) -> bool:
     """Whether these names of a sweep folder's files hold an experiment snapshot of Tune's."""
-    return any(name.startswith(SNAPSHOT_PREFIX) and name.endswith(".json") and "/" not in name for name in names)
+    return bool(snapshot_files(names))
 
 
 def repair(experiment_dir: str) -> str | None:

@@ -17,6 +17,11 @@ from lth_sweep.sweep.schema import objective_metrics
 from lth_sweep.sweep.spec import LaunchSpec, load_spec
 
 SNAPSHOT_PREFIX = "experiment_state-"  # Tune's experiment snapshot, one per driver session
+
+
+def snapshot_files(names: list[str]) -> list[str]:
+    """Tune's experiment snapshots among these names of a sweep folder's files (oldest session first, if sorted)."""
+    return [name for name in names if name.startswith(SNAPSHOT_PREFIX) and name.endswith(".json") and "/" not in name]
 # Tune's snapshots record a RUNNING trial as PENDING (so that a restore starts it again): one with rounds done is
 # training now, or was when its driver stopped, and `resume` continues it
 IN_PROGRESS = "IN_PROGRESS"
@@ -36,8 +41,7 @@ def tune_analysis(experiment_dir: str) -> tuple[Any, str | None]:
     try:
         return ExperimentAnalysis(experiment_dir), None
     except (ValueError, FileNotFoundError, RuntimeError) as err:
-        snapshots = [f for f in storage.list_files(experiment_dir)
-                     if f.startswith(SNAPSHOT_PREFIX) and f.endswith(".json") and "/" not in f]
+        snapshots = snapshot_files(storage.list_files(experiment_dir))
         if not snapshots:
             return None, None
         reason = (str(err).splitlines() or [""])[0][:200]
