@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from lth_sweep.errors import CorruptFile, RunFailure
+from lth_sweep.signals import interrupts_held
 
 if TYPE_CHECKING:  # torch is imported where it is used: a sweep's driver writes text files only
     import torch
@@ -70,8 +71,14 @@ def fsync_dir(directory: Path) -> None:
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Writes `path` through `write(handle)` into a temp file, fsyncs it, renames it over `path`, fsyncs the folder."""
-    path = Path(path)
+    """Writes `path` through `write(handle)` into a temp file, fsyncs it, renames it over `path`, fsyncs the folder.
+    A Ctrl+C (or SIGTERM) meanwhile takes effect once the file is in place (`interrupts_held`: one inside
+    torch.save's writer aborted the process)."""
+    with interrupts_held():
+        write_then_rename(Path(path), write)
+
+
+def write_then_rename(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,11 +7,12 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from lth_sweep.errors import RunFailure, UserError
+from lth_sweep.signals import sigterm_as_ctrl_c, stopped_exit_code
 
 if TYPE_CHECKING:
     from lth_sweep.sweep.launch import Start
@@ -256,25 +257,27 @@ def spec_saved(spec: LaunchSpec) -> bool:
     return storage.exists(storage.join(spec.experiment_dir, SPEC_FILE))
 
 
-def stop_unfinished(spec: LaunchSpec, failed: bool = False) -> None:
-    """The line that says how to go on, then exit: 1 if trials failed, else 130 (Ctrl+C) or 143 (SIGTERM)."""
-    from lth_sweep.sweep.launch import TERMINATED
+def stopped_before_start(spec: LaunchSpec) -> NoReturn:
+    say_twice(f"the sweep was stopped before it started; nothing of it was saved: launch it again with the same "
+              f"command (the name {spec.name} is still free)")
+    sys.exit(stopped_exit_code())
 
-    stopped = 143 if TERMINATED else 130
-    if not spec_saved(spec):
-        say_twice(f"the sweep was stopped before it started; nothing of it was saved: launch it again with the same "
-                  f"command (the name {spec.name} is still free)")
-        sys.exit(stopped)
+
+def stop_unfinished(spec: LaunchSpec, failed: bool = False, saved: bool | None = None) -> NoReturn:
+    """The line that says how to go on, then exit: 1 if trials failed, else 130 (Ctrl+C) or 143 (SIGTERM).
+    `saved`: whether the spec is known to be in the sweep's folder (None: look)."""
+    if not (spec_saved(spec) if saved is None else saved):
+        stopped_before_start(spec)
     say_twice(f"the sweep is not finished{' (some trials failed)' if failed else ''}; "
               f"continue it with: lth-sweep resume {shlex.quote(spec.experiment_dir)}")
-    sys.exit(1 if failed else stopped)
+    sys.exit(1 if failed else stopped_exit_code())
 
 
 def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
     from lth_sweep.sweep.status import sweep_status
 
     if interrupted and not spec_saved(spec):
-        stop_unfinished(spec)
+        stopped_before_start(spec)
     status = sweep_status(spec.experiment_dir)
     print_status(status)
     failed = any(row["state"] == "ERROR" for row in status["trials"])
@@ -284,8 +287,9 @@ def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
         echo(f"W&B runs were written offline; upload them with: {wandb_sync_command(spec.experiment_dir, spec.name)}")
     if interrupted or not is_finished(status):
         # Tune catches Ctrl+C itself, saves the experiment and returns: unfinished trials and no
-        # errors mean the sweep was stopped, not that it failed.
-        stop_unfinished(spec, failed)
+        # errors mean the sweep was stopped, not that it failed. The spec was saved before Tune ran (looked at
+        # above if interrupted).
+        stop_unfinished(spec, failed, saved=True)
     echo(f"everything is under {spec.experiment_dir}")
 
 
@@ -531,8 +535,10 @@ def exit_now(code: int | str | None) -> None:
 
 
 def run_command(argv: list[str] | None) -> None:
+    """Runs one command; SIGTERM stops it as Ctrl+C does, with exit 143 (130 for Ctrl+C)."""
     try:
-        cli.main(args=argv, prog_name="lth-sweep", standalone_mode=False)
+        with sigterm_as_ctrl_c():
+            cli.main(args=argv, prog_name="lth-sweep", standalone_mode=False)
     except UserError as err:
         click.echo(f"lth-sweep: error: {err}", err=True)
         sys.exit(2)
@@ -545,7 +551,7 @@ def run_command(argv: list[str] | None) -> None:
     except (click.Abort, KeyboardInterrupt):
         command = shlex.join(["lth-sweep", *(sys.argv[1:] if argv is None else argv)])
         click.echo(f"lth-sweep: interrupted; resume with the same command: {command}", err=True)
-        sys.exit(130)
+        sys.exit(stopped_exit_code())
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
     except OSError as err:  # what the world did (storage unreachable, a disk gone): one line, naming what failed

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lth_sweep.errors import RunFailure, UserError, not_text
+from lth_sweep.signals import interrupts_held
 
 if TYPE_CHECKING:  # imported where used: a local `lth-sweep run` needs no pyarrow (nor a torch-only GPU box)
     import pyarrow.fs as pafs
@@ -164,7 +165,13 @@ def write_bytes(location: str, data: bytes) -> None:
         atomic_write(location, data)
         return
     fs, path = filesystem(location)
-    with fs.open_output_stream(path) as stream:  # object stores replace objects atomically
+    put_object(fs, path, data)
+
+
+def put_object(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Writes a whole object (object stores replace objects atomically). A Ctrl+C is held off meanwhile: one
+    between opening the stream and writing it would close the stream, which uploads an empty object."""
+    with interrupts_held(), fs.open_output_stream(path) as stream:
         stream.write(data)
 
 
@@ -249,8 +256,7 @@ class Uploader:
                 continue
             if not is_uri(self.destination):
                 (Path(base) / name).parent.mkdir(parents=True, exist_ok=True)
-            with fs.open_output_stream(f"{base.rstrip('/')}/{name}") as stream:
-                stream.write(data)
+            put_object(fs, f"{base.rstrip('/')}/{name}", data)
             self.sent[name] = version
             sent.append(name)
         return sent

@@ -1,4 +1,4 @@
-"""The package's layers: config/storage/checkpoint/errors → engine → sweep → report → cli, every import
+"""The package's layers: config/storage/checkpoint/errors/signals → engine → sweep → report → cli, every import
 pointing down; the engine loads neither Ray nor W&B (a GPU box used for benchmarks may have only torch)."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def test_the_three_layers_are_subpackages() -> None:
     for layer in ("engine", "sweep", "report"):
         assert (PACKAGE / layer / "__init__.py").is_file()
     top = {p.stem for p in PACKAGE.glob("*.py")}
-    assert top == {"__init__", "config", "storage", "checkpoint", "errors", "cli"}, top
+    assert top == {"__init__", "config", "storage", "checkpoint", "errors", "signals", "cli"}, top
 
 
 @pytest.mark.parametrize("module,path", module_files(), ids=[m for m, _ in module_files()])

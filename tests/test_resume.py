@@ -6,6 +6,7 @@ also train a random-mask control), with a mid-epoch rewind point, so a kill land
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import cli_argv
 
 from lth_sweep.checkpoint import load_torch
 
@@ -60,24 +62,38 @@ def during_round_1_control(out: Path) -> bool:
         and state["iteration"] is not None
 
 
-def kill_when(proc: Popen, out: Path, ready: Predicate) -> None:
-    """SIGKILL `proc` as soon as `ready(out)` holds; fail if it finishes first."""
+def signal_when(proc: Popen, out: Path, ready: Predicate, signum: int) -> int:
+    """Sends `signum` to `proc` as soon as `ready(out)` holds; returns its exit code. Fails if it finishes first."""
     deadline = time.monotonic() + WAIT_S
     try:
         while not ready(out):
-            assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before the kill point"
-            assert time.monotonic() < deadline, "the kill point never came"
+            assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before the signal"
+            assert time.monotonic() < deadline, "the moment to send the signal never came"
             time.sleep(POLL_S)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL, "the run finished before the kill landed"
+        proc.send_signal(signum)
+        return proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
 
 
+def kill_when(proc: Popen, out: Path, ready: Predicate) -> None:
+    """SIGKILL `proc` as soon as `ready(out)` holds; fail if it finishes first."""
+    assert signal_when(proc, out, ready, signal.SIGKILL) == -signal.SIGKILL, "the run finished before the kill landed"
+
+
 def comparable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in NOT_COMPARED} for r in records]
+
+
+def assert_same_rounds(expected: list[dict[str, Any]], got: list[dict[str, Any]],
+                       same: Callable[[Any, Any], bool]) -> None:
+    assert [r["round"] for r in got] == list(range(ROUNDS))
+    for want, have in zip(comparable(expected), comparable(got), strict=True):
+        differing = sorted(k for k in want.keys() | have.keys() if not same(want.get(k), have.get(k)))
+        assert not differing, f"round {want['round']}: {[(k, want.get(k), have.get(k)) for k in differing]}"
+    assert all("control_test_acc" in r for r in got[1:])
 
 
 @pytest.fixture(scope="module")
@@ -117,18 +133,39 @@ def test_killed_run_resumes_to_the_same_records(
     if resumes_after_round is not None:
         assert f"# resuming after round {resumes_after_round}" in result.stdout
 
-    expected, got = rounds_of(uninterrupted), rounds_of(out)
-    assert [r["round"] for r in got] == list(range(ROUNDS))
-    for want, have in zip(comparable(expected), comparable(got), strict=True):
-        differing = sorted(k for k in want.keys() | have.keys() if not same(want.get(k), have.get(k)))
-        assert not differing, f"round {want['round']}: {[(k, want.get(k), have.get(k)) for k in differing]}"
-    assert all("control_test_acc" in r for r in got[1:])
+    assert_same_rounds(rounds_of(uninterrupted), rounds_of(out), same)
 
     state_a, state_b = load_torch(uninterrupted / "state.pt"), load_torch(out / "state.pt")
     for name, mask in state_a["masks"].items():
         assert torch.equal(mask, state_b["masks"][name]), name
     rewind_a, rewind_b = load_torch(uninterrupted / "rewind.pt"), load_torch(out / "rewind.pt")
     assert all(torch.equal(t, rewind_b[n]) for n, t in rewind_a.items())
+
+
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["Ctrl+C", "SIGTERM"])
+def test_a_stopped_run_says_how_to_go_on_and_its_rerun_gives_the_same_records(
+        experiment: Path, uninterrupted: Path, tmp_path: Path, cli_cwd: Path, signum: int, exit_code: int,
+        run_cli: Callable[..., Any], rounds_of: Callable[[Path], list[dict[str, Any]]],
+        same: Callable[[Any, Any], bool]) -> None:
+    """SIGTERM (a scheduler's preemption, `kill`) stops `run` as Ctrl+C does: one line, no traceback. The signal
+    comes during round 1, when an epoch's state.pt is written about every 0.1 s: one that cut torch.save's writer
+    gave a traceback or aborted the process (`interrupts_held` now holds it until the file is in place)."""
+    out = tmp_path / "B"
+    with open(tmp_path / "stderr", "wb") as stderr:
+        proc = subprocess.Popen(cli_argv("run", experiment, "--out", out), cwd=cli_cwd, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+        returncode = signal_when(proc, out, during_round_1, signum)
+    said = (tmp_path / "stderr").read_text()
+    assert returncode == exit_code, said
+    command = shlex.join(["lth-sweep", "run", str(experiment), "--out", str(out)])
+    assert [line for line in said.splitlines() if line] == [f"lth-sweep: interrupted; resume with the same command: "
+                                                            f"{command}"]
+    assert rounds_written(out) < ROUNDS
+
+    result = run_cli("run", experiment, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert_same_rounds(rounds_of(uninterrupted), rounds_of(out), same)
 
 
 def test_rerun_after_completion_prints_the_same_rows(experiment: Path, uninterrupted: Path,

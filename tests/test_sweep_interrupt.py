@@ -67,25 +67,28 @@ def test_ctrl_c_saves_exits_and_resumes(tmp_path: Path, data_root: Path, ray_tmp
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("moment", ["importing Ray", "starting Ray"])
+@pytest.mark.parametrize(("signum", "exit_code", "moment"), [
+    (signal.SIGINT, 130, "importing Ray"), (signal.SIGINT, 130, "starting Ray"), (signal.SIGTERM, 143, "starting Ray"),
+], ids=["Ctrl+C importing Ray", "Ctrl+C starting Ray", "SIGTERM starting Ray"])
 def test_ctrl_c_while_the_launch_starts_stops_it_once_set_up_and_resume_launches_it_again(
-        tmp_path: Path, data_root: Path, ray_tmp: Path, moment: str) -> None:
+        tmp_path: Path, data_root: Path, ray_tmp: Path, signum: int, exit_code: int, moment: str) -> None:
     """Ctrl+C while the driver imports Ray (once its log is open) or while Ray starts (its session folder made).
     Before, a KeyboardInterrupt raised there left Ray half imported (a traceback from importing it again), or a
     lock of `logging` held that the thread importing Tune then waited on (the launch hung, 1 in 3), or no
     sweep.json (the launch said "no sweep at ...", exit 2). Now the Ctrl+C takes effect once the sweep is set
     up: exit 130 with the resume command and no process left; Tune never started, so the resume launches the
-    sweep again from its sweep.json."""
+    sweep again from its sweep.json. A SIGTERM there met the handlers `ray.init` sets (`sys.exit`, exit 1 or 15
+    and no resume command); now it does what the Ctrl+C does, with exit 143."""
     sweep_dir = tmp_path / "storage" / "imp"
     env = h.cli_env(ray_tmp)
     sessions = set((ray_tmp / "ray").glob("session_2*"))
     ready = ((lambda: (sweep_dir / "driver.log").exists()) if moment == "importing Ray" else
              (lambda: bool(set((ray_tmp / "ray").glob("session_2*")) - sessions)))
     returncode, output = launch_and_signal(tmp_path, h.sweep_tree(data_root, rounds=1, num_samples=1), env,
-                                              ready, signal.SIGINT, timeout=60, interval=0.02,
+                                              ready, signum, timeout=60, interval=0.02,
                                               before=lambda: not (sweep_dir / "sweep.json").exists())
     assert h.kill_marked(wait=10) == [], "a process of the Ray it started outlived the launch"
-    assert returncode == 130, output
+    assert returncode == exit_code, output
     assert f"the sweep is not finished; continue it with: lth-sweep resume {sweep_dir}" in output, output
     assert "Traceback" not in output and "W&B runs were written offline" not in output, output
     assert "; 0/1 trials (Tune has started none yet)" in output and "trial_id" not in output, output

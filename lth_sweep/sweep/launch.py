@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from lth_sweep import storage
 from lth_sweep.config import build_experiment, machine_cpus
 from lth_sweep.errors import RunFailure, UserError
+from lth_sweep.signals import interrupts_held, sigterm_as_ctrl_c, terminate_as_ctrl_c
 from lth_sweep.sweep.entry import imp_trainable
 from lth_sweep.sweep.optuna_store import StudyStore, check_new_study, store_location
 from lth_sweep.sweep.packing import remove_pack_checkpoints
@@ -199,11 +200,32 @@ def init_ray(address: str | None, spec: LaunchSpec) -> str | None:
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if on_cluster(address):
-        ray.init(address=address, runtime_env=cluster_runtime_env(spec), log_to_driver=True)
+        with sigterm_kept_from_ray():
+            ray.init(address=address, runtime_env=cluster_runtime_env(spec), log_to_driver=True)
         return no_node_fits(spec.sweep.resources, [node["Resources"] for node in ray.nodes() if node["Alive"]])
-    with environ_set(worker_env(spec)):
+    with environ_set(worker_env(spec)), sigterm_kept_from_ray():
         ray.init(include_dashboard=False, log_to_driver=True, _system_config=LOCAL_RAY_CONFIG)
     return None
+
+
+@contextmanager
+def sigterm_kept_from_ray() -> Iterator[None]:
+    """Inside the block Ray sets no SIGTERM handler, so a SIGTERM during `ray.init` is held like a Ctrl+C
+    (`interrupts_held`). `ray.init` sets two first thing (`sys.exit(15)`, then its node's: kill Ray's processes,
+    `sys.exit(1)`): raised wherever ray.init was, that exit could leave a lock of `logging` held, and the launch
+    ended without the resume command. No public switch: Ray's `_private.utils.set_sigterm_handler` is
+    replaced meanwhile; `set_up_tuner` puts ours back after ray.init in any case."""
+    from ray._private import utils as ray_utils
+
+    setter = getattr(ray_utils, "set_sigterm_handler", None)
+    if setter is None:
+        yield
+        return
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = setter
 
 
 def set_trial_actor_runtime_env(address: str | None) -> None:
@@ -264,53 +286,6 @@ def importing_meanwhile(modules: tuple[str, ...]) -> Iterator[None]:
         yield
     finally:
         thread.join()
-
-
-@contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """A Ctrl+C inside the block takes effect (a KeyboardInterrupt) when the block ends; a second one at once. Raised
-    at any point, a KeyboardInterrupt can leave a module half imported (Ray's: importing it again fails) or a lock
-    of `logging` held by this thread (then the thread importing Tune meanwhile waits on it forever: seen during
-    `ray.init`, 1 launch in 3)."""
-    pressed = False
-
-    def press(signum: int, frame: Any) -> None:
-        nonlocal pressed
-        if pressed:
-            raise KeyboardInterrupt
-        pressed = True
-
-    previous = signal.signal(signal.SIGINT, press)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pressed:
-        raise KeyboardInterrupt
-
-
-TERMINATED: list[int] = []  # SIGTERM reached this driver while `sigterm_as_ctrl_c` held (then the exit code is 143)
-
-
-def terminate_as_ctrl_c(signum: int, frame: Any) -> None:
-    """SIGTERM's handler: what Ctrl+C does now (Tune's handler while it runs, `interrupts_deferred`'s before)."""
-    TERMINATED.append(signum)
-    handler = signal.getsignal(signal.SIGINT)
-    if callable(handler):
-        handler(signal.SIGINT, frame)
-
-
-@contextmanager
-def sigterm_as_ctrl_c() -> Iterator[None]:
-    """Inside the block, SIGTERM (a batch scheduler's preemption, `kill`, a container's stop) does what Ctrl+C
-    does: Tune stops the trials and saves its snapshot, and the driver prints the resume command and shuts Ray
-    down. `ray.init` sets a handler of its own (`sys.exit`: the driver ended with its output unflushed and
-    nothing said), so `set_up_tuner` puts this one back after it."""
-    previous = signal.signal(signal.SIGTERM, terminate_as_ctrl_c)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def with_env_wandb_mode(spec: LaunchSpec) -> LaunchSpec:
@@ -551,7 +526,8 @@ def run_sweep(spec: LaunchSpec, address: str | None, start: Start, verbose: bool
     remove_stale_pack_checkpoints(spec)  # the caller holds the sweep's lock: no trial of it runs
     with Terminal(None if verbose else driver_log_path(spec)) as terminal, sigterm_as_ctrl_c():
         try:
-            with interrupts_deferred():  # the member-ASHA actor lives as long as its handle: held until the end
+            # a second Ctrl+C at once; the member-ASHA actor lives as long as its handle: held until the end
+            with interrupts_held(second_at_once=True):
                 tuner, member_asha = set_up_tuner(spec, address, start, terminal, verbose)
             return tuner.fit(), False
         except KeyboardInterrupt:  # a second Ctrl+C (Tune handles the first), or one before Tune started
