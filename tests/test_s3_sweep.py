@@ -85,6 +85,20 @@ def test_the_kill_landed_mid_sweep_and_the_mirrors_were_deleted(interrupted: Int
     assert interrupted.mirrors_deleted, "the trials kept no local mirror under TMPDIR/lth_sweep"
 
 
+def test_a_config_whose_trial_ended_leaves_only_its_lock_on_the_node(interrupted: Interrupted,
+                                                                      status: dict[str, Any]) -> None:
+    """Once a config's trial ends with its files in the bucket, its node's mirror (engine state, W&B's files) is
+    deleted but for the lock and W&B's logged-rounds mark: a node that trains hundreds of configs would keep every
+    one's state. The resume trained the configs whose folders are here; the other tests of this module check that
+    nothing was lost (every round in the bucket's W&B runs once, none trained twice)."""
+    mirrors = interrupted.base / "tmp" / "lth_sweep" / NAME
+    hashes = {trial["config_hash"] for trial in status["trials"]}
+    folders = [folder for folder in mirrors.iterdir() if folder.name in hashes]
+    assert folders, "the resume trained no config on this node"
+    left = {str(path.relative_to(folder)) for folder in folders for path in folder.rglob("*") if not path.is_dir()}
+    assert left <= {".lock", "wandb/logged_rounds.json"}, sorted(left)
+
+
 def test_the_sweep_lives_in_the_bucket(interrupted: Interrupted, s3: S3Server) -> None:
     keys = s3.keys(f"{interrupted.prefix}/{NAME}")
     assert "sweep.json" in keys

@@ -393,6 +393,24 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint(tmp_path: Path, data
     assert not math.isnan(row["objective"])
 
 
+def test_a_trial_that_asha_ends_at_its_last_rung_finishes_its_wandb_run(tmp_path: Path, data_root: Path,
+                                                                           ray_tmp: Path) -> None:
+    """At ASHA's last rung (the last round) Tune stops the trial inside its last report and, with no trial left to
+    reuse its actor, ends the actor at once: the W&B run's finish, after that report, was cut (the run without its
+    exit record, W&B's logged-rounds mark unwritten; with URI storage the node's copy never reached the bucket).
+    The run now ends before the last report."""
+    tree = h.sweep_tree(data_root, epochs=2, rounds=2, num_samples=2, max_concurrent=1)
+    tree["scheduler"] = {"name": "asha", "grace_rounds": 2, "reduction_factor": 2}  # one rung: the last round
+    sweep = h.finished(h.launch_sweep(tree, tmp_path, ray_tmp, name="asha-end", timeout=180))
+    rows = h.status_json(sweep.dir, sweep.cwd, sweep.env)["trials"]
+    assert [row["rounds_done"] for row in rows] == [2, 2], rows
+    for row in rows:
+        runs = h.wandb_run_dirs(sweep.dir, row["config_hash"])
+        assert runs, row
+        assert all(any(r["type"] == "exit" for r in h.wandb_records(run)) for run in runs), (row["trial_id"], runs)
+        assert (sweep.dir / "by_config" / row["config_hash"] / "wandb" / "logged_rounds.json").exists(), row
+
+
 def test_a_searched_round_count_is_each_trials_own(tmp_path: Path, data_root: Path, ray_tmp: Path) -> None:
     """`prune.rounds` searched around the experiment's 3: each trial trains its own number of rounds (ASHA's
     last rung is the top of the range, not the experiment's count), the progress lines count each trial's own,

@@ -105,6 +105,7 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
         for run in sorted(runs, key=lambda r: r.config_hash):  # one order for every pack: no deadlock
             stack.enter_context(storage.exclusive(run.root))
         checkpoint = tune.get_checkpoint()
+        ended = False  # with every member's files in the store: all done (or stopped by ASHA), or stopped by Tune
         try:
             for run in runs:
                 run.open(checkpoint, subdir=run.config_hash)
@@ -116,11 +117,18 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
                 pack.stopped = StoppedView(stopped, indices)
                 pack.run()
             report()
+            ended = True
+        except SystemExit:  # how Tune stops a function trainable: in a report, once every member's state was sent
+            ended = True
+            raise
         finally:
             for run in runs:
                 run.finish_wandb()
             for run in runs:  # after the last run's end stopped W&B's service: every offline file is whole
                 run.mirror_wandb()
+            if ended:
+                for run in runs:
+                    run.release_local_copy()
 
 
 def replay(trials: list[Trial], on_round: Callable[..., None], report: Callable[[], None]) -> None:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -152,15 +153,41 @@ class RemoteMirror:
         if self.enabled:
             self.engine.upload()
 
-    def wandb_runs(self, offline: bool) -> None:
+    def wandb_runs(self, offline: bool) -> bool:
         """Copies the offline runs (`offline`: the sweep's mode, or this trial's after W&B could not start
-        online). Best effort, like all W&B tracking: a failed copy is logged and never fails the trial."""
+        online); returns whether the store has them (or there was nothing to copy). Best effort, like all W&B
+        tracking: a failed copy is logged and never fails the trial."""
         if not (self.enabled and offline):
-            return
+            return True
         try:
             self.wandb.upload()
         except Exception as err:  # noqa: BLE001
             log.warning("could not copy the W&B runs to %s: %s", self.wandb.destination, err)
+            return False
+        return True
+
+    def release(self, root: Path) -> None:
+        """Deletes the node's copy of a config whose files the store has (call under the config's lock): the
+        engine folder and W&B's files, all but W&B's logged-rounds mark (an online run's only record of the rounds
+        W&B has) and the lock file itself (a trial waiting on it holds it open). A node that runs hundreds of
+        configs would keep every one's state otherwise (VGG-16: ~180 MB of weights, momentum and rewind point).
+        A trial of the config that runs here again restores it from the store, as on a fresh node."""
+        if not self.enabled:
+            return  # local storage: the folder *is* the store
+        try:
+            self.engine.upload()  # whatever the engine wrote after the last round's upload (nothing, today)
+        except OSError as err:
+            log.warning("kept the local copy in %s: could not copy it to %s: %s", root, self.engine.destination, err)
+            return
+        shutil.rmtree(root / "engine", ignore_errors=True)
+        wandb_dir = root / "wandb"
+        for path in wandb_dir.iterdir() if wandb_dir.is_dir() else []:
+            if path.name == LOGGED_ROUNDS_FILE:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 class ConfigRun:
@@ -181,6 +208,7 @@ class ConfigRun:
         self.latest: dict[str, Any] = {}  # the metrics of the last round, as reported
         self.reported = 0
         self.tracker: Tracker | None = None
+        self.wandb_in_store = False  # the W&B runs reached the store (or needed no copy), at the end
 
     def open(self, checkpoint, subdir: str = "") -> None:
         """Restores the engine folder (see restore_engine_dir) and starts the W&B run; call under the lock."""
@@ -229,7 +257,14 @@ class ConfigRun:
 
     def mirror_wandb(self) -> None:
         """Sends the offline W&B runs to the remote store (URI storage only)."""
-        self.mirror.wandb_runs(self.tracker is not None and self.tracker.mode == "offline")
+        self.wandb_in_store = self.mirror.wandb_runs(self.tracker is not None and self.tracker.mode == "offline")
+
+    def release_local_copy(self) -> None:
+        """After the trainable ended with the config's files in the store (its rounds done, or Tune stopped it at
+        a report, where the round had just been sent), under the config's lock: URI storage keeps nothing of the
+        config on this node but its lock and W&B's logged-rounds mark (RemoteMirror.release)."""
+        if self.wandb_in_store:
+            self.mirror.release(self.root)
 
     def take_notices(self) -> list[str]:
         notices = list(self.tracker.notices) if self.tracker is not None else []
@@ -311,19 +346,30 @@ def imp_trainable(params: dict[str, Any], spec: LaunchSpec) -> None:
             metrics = run.add(record, trained_now, trial_id, node_id)
             if len(run.records) <= run.reported:
                 return  # Tune has this round already (restored from its checkpoint)
+            if len(run.records) == run.config.prune.rounds:
+                # the W&B run ends before the last report: at ASHA's last rung Tune stops the trial in that report
+                # and, with no trial left to reuse its actor, ends the actor at once (W&B's finish was cut there)
+                run.close()
             run.sync()  # sends only what changed
             notices = run.take_notices()  # for the driver's terminal (a worker's own output goes to the driver's log)
             tune.report({**metrics, **({"notice": "; ".join(notices)} if notices else {})},
                         checkpoint=tune.Checkpoint.from_directory(str(run.engine_dir)))
             inject_failure(run, record["round"])
 
+        ended = False  # with the config's files in the store: its rounds done, or stopped by Tune
         try:
             trial = Trial(run.config, run.engine_dir, on_round=lambda r: report(r, True), on_eval=run.curve)
             for record in trial.records():
                 report(record, False)
             trial.run()
+            ended = True
+        except SystemExit:  # how Tune stops a function trainable (ASHA, the sweep stopped): in a report, once sent
+            ended = True
+            raise
         finally:
             run.close()
+            if ended:
+                run.release_local_copy()
 
 
 def wandb_id(text: str) -> str:
