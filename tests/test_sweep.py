@@ -411,6 +411,24 @@ def test_a_trial_that_asha_ends_at_its_last_rung_finishes_its_wandb_run(tmp_path
         assert (sweep.dir / "by_config" / row["config_hash"] / "wandb" / "logged_rounds.json").exists(), row
 
 
+def test_the_last_trial_that_asha_stops_mid_schedule_finishes_its_wandb_run(tmp_path: Path, data_root: Path,
+                                                                            ray_tmp: Path) -> None:
+    """The sweep's second and last trial prunes less, so at ASHA's first rung (round 1 of 3) it is behind the first
+    and is stopped there, inside that report. No trial is left to reuse its actor: Tune ended the actor at once and
+    cut the trial's clean-up (the W&B run's finish). The actor now waits for the trial's end (`EndsItsReport`)."""
+    tree = h.sweep_tree(data_root, epochs=2, rounds=3, num_samples=2, max_concurrent=1,
+                        space={"prune.rate": {"choice": [0.2, 0.6]}})
+    tree["scheduler"] = {"name": "asha", "grace_rounds": 1, "reduction_factor": 2}
+    sweep = h.finished(h.launch_sweep(tree, tmp_path, ray_tmp, name="asha-mid", timeout=180))
+    rows = h.status_json(sweep.dir, sweep.cwd, sweep.env)["trials"]
+    assert [(row["params"]["prune.rate"], row["rounds_done"]) for row in rows] == [(0.6, 3), (0.2, 2)], rows
+    for row in rows:
+        runs = h.wandb_run_dirs(sweep.dir, row["config_hash"])
+        assert runs, row
+        assert all(any(r["type"] == "exit" for r in h.wandb_records(run)) for run in runs), (row["trial_id"], runs)
+        assert (sweep.dir / "by_config" / row["config_hash"] / "wandb" / "logged_rounds.json").exists(), row
+
+
 def test_a_searched_round_count_is_each_trials_own(tmp_path: Path, data_root: Path, ray_tmp: Path) -> None:
     """`prune.rounds` searched around the experiment's 3: each trial trains its own number of rounds (ASHA's
     last rung is the top of the range, not the experiment's count), the progress lines count each trial's own,

@@ -24,7 +24,7 @@ from lth_sweep import storage
 from lth_sweep.config import build_experiment, machine_cpus
 from lth_sweep.errors import RunFailure, UserError
 from lth_sweep.signals import interrupts_held, sigterm_as_ctrl_c, terminate_as_ctrl_c
-from lth_sweep.sweep.entry import imp_trainable
+from lth_sweep.sweep.entry import EndsItsReport, imp_trainable
 from lth_sweep.sweep.optuna_store import StudyStore, check_new_study, store_location
 from lth_sweep.sweep.packing import remove_pack_checkpoints
 from lth_sweep.sweep.schema import ResourcesConfig, SweepConfig, objective_metrics
@@ -54,6 +54,7 @@ def make_trainable(spec: LaunchSpec):
 
     sweep = spec.sweep
     trainable = tune.with_parameters(imp_trainable, spec=spec)
+    trainable.__mixins__ = (EndsItsReport,)  # read by Tune when it makes the function's Trainable class
     return tune.with_resources(trainable, {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
 
 

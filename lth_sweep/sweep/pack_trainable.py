@@ -21,6 +21,7 @@ from typing import Any
 from lth_sweep import storage
 from lth_sweep.engine.lottery import Trial
 from lth_sweep.engine.pack import Pack, split_packs
+from lth_sweep.sweep.entry import reporting
 from lth_sweep.sweep.packing import ACTOR_NAMESPACE, MEMBERS_KEY, asha_actor_name, member_id, pack_checkpoint_dir
 from lth_sweep.sweep.spec import LaunchSpec
 from lth_sweep.sweep.trainable import ConfigRun, inject_failure
@@ -83,9 +84,10 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
                    if run.records else {} for run in member_runs]
         checkpoint = pack_checkpoint(runs, runs[0].root.parent, trial_id)
         try:
-            tune.report({MEMBERS_KEY: results, "rounds_done": sum(len(run.records) for run in member_runs),
-                         "pack_size": len(member_runs), **({"notice": "; ".join(notices)} if notices else {})},
-                        checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
+            with reporting():
+                tune.report({MEMBERS_KEY: results, "rounds_done": sum(len(run.records) for run in member_runs),
+                             "pack_size": len(member_runs), **({"notice": "; ".join(notices)} if notices else {})},
+                            checkpoint=tune.Checkpoint.from_directory(str(checkpoint)))
         finally:
             shutil.rmtree(checkpoint, ignore_errors=True)
 

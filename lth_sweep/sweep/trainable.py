@@ -29,6 +29,7 @@ from lth_sweep.checkpoint import write_text
 from lth_sweep.engine.lottery import STATE_FILE, Trial
 from lth_sweep.engine.recovery import Candidate, adopt, describe, newest_intact, set_aside
 from lth_sweep.engine.train import Evaluation
+from lth_sweep.sweep.entry import reporting
 from lth_sweep.sweep.objectives import best_by_validation, dense_did_not_learn, objective_value
 from lth_sweep.sweep.packing import PACK_KEY, is_pack
 from lth_sweep.sweep.schema import objective_metrics
@@ -352,8 +353,9 @@ def imp_trainable(params: dict[str, Any], spec: LaunchSpec) -> None:
                 run.close()
             run.sync()  # sends only what changed
             notices = run.take_notices()  # for the driver's terminal (a worker's own output goes to the driver's log)
-            tune.report({**metrics, **({"notice": "; ".join(notices)} if notices else {})},
-                        checkpoint=tune.Checkpoint.from_directory(str(run.engine_dir)))
+            with reporting():
+                tune.report({**metrics, **({"notice": "; ".join(notices)} if notices else {})},
+                            checkpoint=tune.Checkpoint.from_directory(str(run.engine_dir)))
             inject_failure(run, record["round"])
 
         ended = False  # with the config's files in the store: its rounds done, or stopped by Tune
