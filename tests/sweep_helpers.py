@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -242,6 +243,21 @@ def ledger(sweep_dir: Path | str) -> list[dict[str, Any]]:
     """The rounds trained (replayed rounds are not written), oldest first: <sweep>/rounds_trained.jsonl, or
     the objects under <sweep>/ledger/ for a sweep at a URI."""
     return read_ledger(str(sweep_dir))
+
+
+def part_way(ledger_lines: list[dict[str, Any]], rounds: int) -> list[str]:
+    """The configs with some but not all of their rounds in the ledger: their trials run again on resume."""
+    done = Counter(line["config_hash"] for line in ledger_lines)
+    return sorted(config_hash for config_hash, n in done.items() if 0 < n < rounds)
+
+
+def leave_pack_checkpoint(config_root: Path, config_hash: str) -> Path:
+    """What a pack trial killed while Tune took its checkpoint leaves in its first member's folder
+    (pack_trainable.pack_checkpoint), as hard links to the engine's files."""
+    stray = config_root / ".pack-checkpoint-4d1e5a7b" / config_hash
+    stray.mkdir(parents=True)
+    (stray / "state.pt").write_bytes(b"left by a kill")
+    return stray.parent
 
 
 def engine_rounds(sweep_dir: Path, config_hash: str) -> list[dict[str, Any]]:

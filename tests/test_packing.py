@@ -89,14 +89,21 @@ def test_the_pack_searcher_passes_each_members_round_on_once() -> None:
     assert searcher.inner.results == [("abc_0", 1), ("abc_1", 1), ("abc_0", 2), ("abc_1", 2)]
 
 
-def test_a_pack_checkpoint_replaces_the_one_a_killed_run_of_its_trial_left(tmp_path: Path) -> None:
-    engine = tmp_path / "by_config" / "0123abcd" / "engine"
-    engine.mkdir(parents=True)
-    (engine / "rounds.jsonl").write_text("{}\n")
-    stale = tmp_path / "by_config" / ".pack-checkpoint-abc" / "0123abcd"
-    stale.mkdir(parents=True)
-    (stale / "state.pt").write_bytes(b"left by a kill")
-    run = SimpleNamespace(config_hash="0123abcd", engine_dir=engine)
-    folder = pack_checkpoint([run], tmp_path / "by_config", "abc")
-    assert folder == stale.parent
-    assert sorted(p.name for p in stale.iterdir()) == ["rounds.jsonl"]
+def test_a_pack_checkpoint_lies_in_its_first_members_folder_as_hard_links(tmp_path: Path) -> None:
+    """Built in a folder whose lock the trial holds (so the next holder knows one found there is a killed trial's),
+    replacing one that a killed run of the same trial left, and as links: no copy of the engine's files."""
+    runs = []
+    for config_hash in ("0123abcd", "89efcdab"):
+        root = tmp_path / "by_config" / config_hash
+        (root / "engine").mkdir(parents=True)
+        (root / "engine" / "rounds.jsonl").write_text(f"{config_hash}\n")
+        runs.append(SimpleNamespace(config_hash=config_hash, root=root, engine_dir=root / "engine"))
+    stale = runs[0].root / ".pack-checkpoint-abc"
+    (stale / "0123abcd").mkdir(parents=True)
+    (stale / "0123abcd" / "state.pt").write_bytes(b"left by a kill")
+    folder = pack_checkpoint(runs, "abc")
+    assert folder == stale
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
+        "0123abcd/rounds.jsonl", "89efcdab/rounds.jsonl"]
+    for run in runs:
+        assert (folder / run.config_hash / "rounds.jsonl").samefile(run.engine_dir / "rounds.jsonl")

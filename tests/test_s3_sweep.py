@@ -39,8 +39,7 @@ class Interrupted(NamedTuple):
 
 
 def mid_trial(ledger: list[dict[str, Any]]) -> bool:
-    done = Counter(line["config_hash"] for line in ledger)
-    return len(ledger) >= 2 and any(0 < n < ROUNDS for n in done.values())
+    return len(ledger) >= 2 and bool(h.part_way(ledger, ROUNDS))
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["alone", "packed"])
@@ -66,6 +65,8 @@ def interrupted(request: pytest.FixtureRequest, s3: S3Server, tmp_path_factory: 
     h.kill_marked()
     deleted = sorted(p.name for p in (mirrors / "lth_sweep" / NAME).iterdir())
     shutil.rmtree(mirrors / "lth_sweep")
+    for config_hash in h.part_way(ledger_at_kill, ROUNDS):  # as if the node kept a killed pack trial's checkpoint
+        h.leave_pack_checkpoint(mirrors / "lth_sweep" / NAME / config_hash, config_hash)
     elsewhere = base / "elsewhere"  # resume from another folder: nothing local is needed but the URI
     elsewhere.mkdir()
     resume = h.run_cli("resume", uri, cwd=elsewhere, env=env, timeout=300)
@@ -89,8 +90,9 @@ def test_a_config_whose_trial_ended_leaves_only_its_lock_on_the_node(interrupted
                                                                       status: dict[str, Any]) -> None:
     """Once a config's trial ends with its files in the bucket, its node's mirror (engine state, W&B's files) is
     deleted but for the lock and W&B's logged-rounds mark: a node that trains hundreds of configs would keep every
-    one's state. The resume trained the configs whose folders are here; the other tests of this module check that
-    nothing was lost (every round in the bucket's W&B runs once, none trained twice)."""
+    one's state, nor a pack checkpoint that a killed trial of the config left. The resume trained the configs whose
+    folders are here; the other tests of this module check that nothing was lost (every round in the bucket's W&B
+    runs once, none trained twice)."""
     mirrors = interrupted.base / "tmp" / "lth_sweep" / NAME
     hashes = {trial["config_hash"] for trial in status["trials"]}
     folders = [folder for folder in mirrors.iterdir() if folder.name in hashes]

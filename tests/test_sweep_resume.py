@@ -24,7 +24,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 ROUNDS = 3
 NUM_SAMPLES = 4
-STRAY_CHECKPOINT = ".pack-checkpoint-4d1e5a7b"
 CUT_SHORT_WITH, CUT_AT = 2, 4096  # the packed sweep resumes from a snapshot cut short (the kept copy puts it back)
 
 
@@ -42,8 +41,7 @@ class Interrupted(NamedTuple):
 def mid_trial(ledger: list[dict[str, Any]]) -> bool:
     """Kill when >= 3 rounds are done and some trial is part-way: it has finished (and logged) a round
     and is still running."""
-    done = Counter(line["config_hash"] for line in ledger)
-    return len(ledger) >= 3 and any(0 < n < ROUNDS for n in done.values())
+    return len(ledger) >= 3 and bool(h.part_way(ledger, ROUNDS))
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["alone", "packed"])
@@ -65,9 +63,8 @@ def interrupted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         proc.wait(timeout=30)
         ledger_at_kill = h.ledger(sweep_dir)
     h.kill_marked()  # any process of this test session that still runs
-    # what a pack trial killed while Tune took its checkpoint leaves (pack_trainable.pack_checkpoint)
-    (sweep_dir / "by_config" / STRAY_CHECKPOINT / "0123abcd").mkdir(parents=True)
-    (sweep_dir / "by_config" / STRAY_CHECKPOINT / "0123abcd" / "state.pt").write_bytes(b"left by a kill")
+    for config_hash in h.part_way(ledger_at_kill, ROUNDS):
+        h.leave_pack_checkpoint(sweep_dir / "by_config" / config_hash, config_hash)
     status_at_kill = h.run_cli("status", sweep_dir, "--json", cwd=base, env=env, timeout=120)
     report_at_kill = h.run_cli("report", sweep_dir, "--out", base / "report_at_kill", cwd=base, env=env, timeout=180)
     if request.param == CUT_SHORT_WITH:  # what a kill while Tune copies its snapshot into storage leaves (CI)
@@ -130,9 +127,10 @@ def test_resume_finishes_the_sweep(interrupted: Interrupted) -> None:
 
 
 def test_resume_removed_the_pack_checkpoints_a_kill_left(interrupted: Interrupted) -> None:
+    """Each by the next trial of its config, under the config's lock (a trial of a pack or alone)."""
     assert interrupted.resume.returncode == 0, interrupted.resume.explain()
-    assert (interrupted.dir / "by_config").is_dir()
-    assert not list((interrupted.dir / "by_config").glob(".pack-checkpoint-*"))
+    assert h.part_way(interrupted.ledger_at_kill, ROUNDS), "no config was part-way at the kill"
+    assert not list((interrupted.dir / "by_config").glob("*/.pack-checkpoint-*"))
 
 
 def test_status_shows_exactly_the_sweeps_trials_all_terminated(status: dict[str, Any]) -> None:

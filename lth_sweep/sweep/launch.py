@@ -26,7 +26,6 @@ from lth_sweep.errors import RunFailure, UserError
 from lth_sweep.signals import interrupts_held, sigterm_as_ctrl_c, terminate_as_ctrl_c
 from lth_sweep.sweep.entry import EndsItsReport, imp_trainable
 from lth_sweep.sweep.optuna_store import StudyStore, check_new_study, store_location
-from lth_sweep.sweep.packing import remove_pack_checkpoints
 from lth_sweep.sweep.schema import ResourcesConfig, SweepConfig, objective_metrics
 from lth_sweep.sweep.spec import SPEC_FILE, LaunchSpec, save_spec
 from lth_sweep.sweep.tracking import resolve_mode
@@ -472,13 +471,6 @@ def driver_log_path(spec: LaunchSpec) -> Path:
     return Path(spec.experiment_dir) / DRIVER_LOG
 
 
-def remove_stale_pack_checkpoints(spec: LaunchSpec) -> None:
-    """The pack checkpoints that trials of a killed driver left in `<sweep>/by_config/` (local storage; call before
-    Tune starts a trial). With a URI they are on the nodes' own disks, each replaced when its trial runs again."""
-    if not storage.is_uri(spec.experiment_dir):
-        remove_pack_checkpoints(Path(spec.experiment_dir) / "by_config")
-
-
 def set_up_tuner(spec: LaunchSpec, address: str | None, start: Start, terminal: Terminal,
                  verbose: bool) -> tuple[Any, Any]:
     """Starts Ray (or joins the cluster) and builds or restores the Tuner; returns it with the member-ASHA actor
@@ -524,7 +516,6 @@ def run_sweep(spec: LaunchSpec, address: str | None, start: Start, verbose: bool
     is left."""
     from lth_sweep.sweep.terminal import Terminal
 
-    remove_stale_pack_checkpoints(spec)  # the caller holds the sweep's lock: no trial of it runs
     with Terminal(None if verbose else driver_log_path(spec)) as terminal, sigterm_as_ctrl_c():
         try:
             # a second Ctrl+C at once; the member-ASHA actor lives as long as its handle: held until the end

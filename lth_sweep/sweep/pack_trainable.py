@@ -27,11 +27,11 @@ from lth_sweep.sweep.spec import LaunchSpec
 from lth_sweep.sweep.trainable import ConfigRun, inject_failure
 
 
-def pack_checkpoint(runs: list[ConfigRun], parent: Path, trial_id: str) -> Path:
+def pack_checkpoint(runs: list[ConfigRun], trial_id: str) -> Path:
     """A folder of hard links to every member's engine files (a snapshot: the engine replaces its files by
-    rename, never in place), `<config hash>/<file>`, in the same file system as the engine folders. Named after
-    the Tune trial: one a killed run of this trial left is replaced (the driver removes all at launch)."""
-    folder = pack_checkpoint_dir(parent, trial_id)
+    rename, never in place), `<config hash>/<file>`, in the first member's config folder (`pack_checkpoint_dir`).
+    Call holding every member's lock."""
+    folder = pack_checkpoint_dir(runs[0].root, trial_id)
     shutil.rmtree(folder, ignore_errors=True)
     for run in runs:
         target = folder / run.config_hash
@@ -82,7 +82,7 @@ def run_pack(members: list[dict[str, Any]], spec: LaunchSpec) -> None:
             run.sync()
         results = [{**run.latest, "training_iteration": len(run.records), "stopped": runs.index(run) in stopped}
                    if run.records else {} for run in member_runs]
-        checkpoint = pack_checkpoint(runs, runs[0].root.parent, trial_id)
+        checkpoint = pack_checkpoint(runs, trial_id)
         try:
             with reporting():
                 tune.report({MEMBERS_KEY: results, "rounds_done": sum(len(run.records) for run in member_runs),

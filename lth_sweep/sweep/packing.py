@@ -28,7 +28,7 @@ PACK_KEY = "pack"
 MEMBERS_KEY = "members"
 ASSUMED_GPU_BYTES = 16 * 2**30  # `auto` when the driver sees no GPU (a cluster's head node): a 16 GiB GPU
 MAX_AUTO_PACK = 64
-PACK_CHECKPOINT_PREFIX = ".pack-checkpoint-"  # a pack's checkpoint while Tune takes it, beside the engine folders
+PACK_CHECKPOINT_PREFIX = ".pack-checkpoint-"  # a pack's checkpoint while Tune takes it, in a member's config folder
 
 
 def member_id(trial_id: str, index: int) -> str:
@@ -41,14 +41,16 @@ def tune_trial_of(trial_id: str) -> str:
     return trial_id.rsplit("_", 1)[0]
 
 
-def pack_checkpoint_dir(parent: Path, trial_id: str) -> Path:
-    return parent / f"{PACK_CHECKPOINT_PREFIX}{trial_id}"
+def pack_checkpoint_dir(config_root: Path, trial_id: str) -> Path:
+    """Where a pack trial builds its checkpoint while Tune takes it: in the folder of one of its configs, whose lock
+    (`storage.exclusive`) the trial holds. So one found there by whoever holds that lock next is a killed trial's."""
+    return config_root / f"{PACK_CHECKPOINT_PREFIX}{trial_id}"
 
 
-def remove_pack_checkpoints(parent: Path) -> None:
-    """Removes the pack checkpoints under `parent` that killed trials left: only while no trial of the sweep runs
-    (the driver, holding the sweep's lock, before Tune starts any)."""
-    for folder in parent.glob(f"{PACK_CHECKPOINT_PREFIX}*"):
+def remove_pack_checkpoints(config_root: Path) -> None:
+    """Removes the pack checkpoints that killed trials left in a config's folder; call holding the config's lock.
+    (Their hard links would keep the engine files of a node's released copy on its disk.)"""
+    for folder in config_root.glob(f"{PACK_CHECKPOINT_PREFIX}*"):
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -31,7 +31,7 @@ from lth_sweep.engine.recovery import Candidate, adopt, describe, newest_intact,
 from lth_sweep.engine.train import Evaluation
 from lth_sweep.sweep.entry import reporting
 from lth_sweep.sweep.objectives import best_by_validation, dense_did_not_learn, objective_value
-from lth_sweep.sweep.packing import PACK_KEY, is_pack
+from lth_sweep.sweep.packing import PACK_KEY, is_pack, remove_pack_checkpoints
 from lth_sweep.sweep.schema import objective_metrics
 from lth_sweep.sweep.spec import LaunchSpec
 from lth_sweep.sweep.tracking import LOGGED_ROUNDS_FILE, Tracker, scalar_metrics
@@ -214,6 +214,7 @@ class ConfigRun:
     def open(self, checkpoint, subdir: str = "") -> None:
         """Restores the engine folder (see restore_engine_dir) and starts the W&B run; call under the lock."""
         spec, sweep = self.spec, self.spec.sweep
+        remove_pack_checkpoints(self.root)  # a killed pack trial's, if any: no live trial has one here
         self.reported, restored_from = restore_engine_dir(spec, self.config_hash, self.engine_dir, checkpoint,
                                                           subdir)
         restore_logged_rounds(spec, self.config_hash, self.root)
