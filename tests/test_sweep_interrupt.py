@@ -113,3 +113,32 @@ def test_a_launch_stopped_before_it_saved_its_spec_says_to_launch_it_again(
     assert capfd.readouterr().out.strip().splitlines()[-1] == (
         "the sweep was stopped before it started; nothing of it was saved: launch it again with the same command "
         "(the name imp is still free)")
+
+
+@pytest.mark.timeout(300)
+def test_resume_of_a_launch_killed_before_it_saved_its_spec_says_to_launch_it_again(
+        tmp_path: Path, data_root: Path, ray_tmp: Path) -> None:
+    """A SIGKILL while the launch starts Ray leaves the sweep's folder with its lock and driver.log but no
+    sweep.json. `resume` of that folder (the one the launch printed) says that the launch was stopped before it
+    saved the sweep and to run it again, exit 2, and starts nothing; the same launch then runs the sweep."""
+    sweep_dir = tmp_path / "storage" / "imp"
+    env = h.cli_env(ray_tmp)
+    tree = h.sweep_tree(data_root, rounds=1, num_samples=1)
+    returncode, _ = launch_and_signal(tmp_path, tree, env, lambda: (sweep_dir / "driver.log").exists(),
+                                      signal.SIGKILL, timeout=60, interval=0.02,
+                                      before=lambda: not (sweep_dir / "sweep.json").exists())
+    h.kill_marked(wait=10)
+    assert returncode == -signal.SIGKILL and (sweep_dir / "driver.lock").exists()
+    assert not (sweep_dir / "sweep.json").exists(), "the kill came too late for this test"
+
+    resumed = h.run_cli("resume", sweep_dir, cwd=tmp_path, env=env, timeout=120)
+    assert resumed.returncode == 2, resumed.explain()
+    assert resumed.stderr.strip().splitlines() == [
+        f"lth-sweep: error: PATH: no sweep at {sweep_dir} (sweep.json is missing): the launch that began it was "
+        "stopped before it saved the sweep (or is starting now), so nothing of it ran; run that `lth-sweep launch` "
+        "again"], resumed.explain()
+    assert not list(sweep_dir.glob("experiment_state-*")) and not (sweep_dir / "sweep.json").exists()
+
+    launched = h.run_cli("launch", tmp_path / "imp.yaml", "--storage", tmp_path / "storage", cwd=tmp_path, env=env)
+    assert launched.returncode == 0, launched.explain()
+    assert [t["state"] for t in h.status_json(sweep_dir, tmp_path, env)["trials"]] == ["TERMINATED"]

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 from lth_sweep import storage
 from lth_sweep.config import ExperimentConfig, build_experiment
 from lth_sweep.errors import UserError
+from lth_sweep.sweep.lock import LEASE_FILE, LOCK_FILE
 from lth_sweep.sweep.schema import ROUNDS_KEY, SweepConfig, top_of_searched_rounds
 
 SPEC_FILE = "sweep.json"
@@ -67,6 +68,10 @@ def load_spec(path: str) -> LaunchSpec:
     spec_path = storage.join(experiment_dir, SPEC_FILE)
     storage.check_reachable(spec_path, "PATH")
     if not storage.exists(spec_path):
+        if any(storage.exists(storage.join(experiment_dir, name)) for name in (LOCK_FILE, LEASE_FILE)):
+            raise UserError("PATH", f"no sweep at {experiment_dir} ({SPEC_FILE} is missing): the launch that "
+                                    "began it was stopped before it saved the sweep (or is starting now), so "
+                                    "nothing of it ran; run that `lth-sweep launch` again")
         raise UserError("PATH", f"no sweep at {experiment_dir} ({SPEC_FILE} is missing); "
                                 "give the folder that `lth-sweep launch` printed")
     try:
