@@ -168,12 +168,15 @@ def ticket() -> None:
 @click.option("--replicate", type=int, default=0, show_default=True, help="Which replicate (seed + K) to export.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The ticket file to write.")
 def ticket_export(path: str, trial: str | None, round_index: int | None, replicate: int, out: Path) -> None:
-    """Export TRIAL (a trial id or config hash, as `status` prints them) of the sweep at PATH (a folder or URI),
-    or the `lth-sweep run` trial folder PATH (no TRIAL), as a ticket file. Reads storage only; starts no Ray."""
+    """Export TRIAL (a trial id or config hash, as `status` prints them; default: the sweep's best trial) of the
+    sweep at PATH (a folder or URI), or the `lth-sweep run` trial folder PATH (no TRIAL), as a ticket file. Reads
+    storage only; starts no Ray."""
     from lth_sweep.report.tickets import export_ticket
 
     written = export_ticket(path, trial, out, round_index, replicate)
     record, source = written["record"], written["source"]
+    if trial is None and source["trial_chosen"] != "asked for":
+        click.echo(f"trial {source['trial']} ({source['trial_chosen']})")
     click.echo(f"ticket of round {written['round']} ({source['round_chosen']}): density {record['density']:.4f}, "
                f"val_acc {record['val_acc']:.4f}, replicate {written['replicate']} (seed {written['seed']}), "
                f"config {source['config_hash']} -> {out}")

@@ -341,6 +341,41 @@ def test_sweep_ticket_by_trial_id_and_by_hash(sweep: h.Sweep, tmp_path: Path, mn
         export_ticket(str(sweep.dir), "nosuchtrial", tmp_path / "x.pt")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_sweep_without_trial_exports_its_best_trials_ticket(sweep: h.Sweep, tmp_path: Path) -> None:
+    """No TRIAL: the ticket of the trial with the best objective among those that finished all their rounds,
+    found here from the engines' own rounds; the command says which trial. A sweep whose objective ranks no best
+    trial (pareto), or one where no trial has finished yet, is refused with exit 2 naming TRIAL."""
+    status = h.status_json(sweep.dir, sweep.cwd, sweep.env)
+    tolerance, rounds = sweep.tree["objective"]["tolerance"], sweep.tree["experiment"]["prune"]["rounds"]
+    finished = [r for r in status["trials"] if len(h.engine_rounds(sweep.dir, r["config_hash"])) >= rounds]
+    best = min(finished, key=lambda r: h.matching_density(h.engine_rounds(sweep.dir, r["config_hash"]), tolerance))
+    out = tmp_path / "best.pt"
+    result = h.run_cli("ticket", "export", sweep.dir, "--out", out, cwd=sweep.cwd, env=sweep.env)
+    assert result.returncode == 0, result.explain()
+    assert result.stdout.splitlines()[0] == (f"trial {best['trial_id']} (the sweep's best by objective "
+                                             "matching_density)"), result.stdout
+    ticket = torch.load(out, weights_only=True)
+    assert ticket["source"]["config_hash"] == best["config_hash"] and ticket["source"]["trial"] == best["trial_id"]
+    records = h.engine_rounds(sweep.dir, best["config_hash"])
+    assert records[ticket["round"]]["density"] == h.matching_density(records, tolerance)
+
+    for change, words in [(lambda spec: spec["sweep"]["objective"].update(name="pareto"), "ranks no single best"),
+                          (lambda spec: spec["experiment"]["prune"].update(rounds=rounds + 5),
+                           "has finished all its rounds yet")]:
+        copy = tmp_path / "copy" / sweep.dir.name
+        shutil.rmtree(copy.parent, ignore_errors=True)
+        shutil.copytree(sweep.dir, copy)
+        spec = json.loads((copy / "sweep.json").read_text())
+        change(spec)
+        (copy / "sweep.json").write_text(json.dumps(spec))
+        refused = h.run_cli("ticket", "export", copy, "--out", tmp_path / "no.pt", cwd=sweep.cwd, env=sweep.env)
+        assert refused.returncode == 2 and refused.stderr.startswith("lth-sweep: error: TRIAL: "), refused.explain()
+        assert words in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.explain()
+        assert not (tmp_path / "no.pt").exists()
+
+
 # ------------------------------------------------------------------------------------------ a sweep at a URI
 
 

@@ -34,7 +34,7 @@ from lth_sweep.engine.population import Population
 from lth_sweep.errors import CorruptFile, UserError
 from lth_sweep.sweep.objectives import no_winning_round, winning_round, winning_words
 from lth_sweep.sweep.schema import ObjectiveConfig
-from lth_sweep.sweep.spec import SPEC_FILE, load_spec
+from lth_sweep.sweep.spec import SPEC_FILE, LaunchSpec, load_spec
 
 TICKET_FORMAT = 1
 TICKET_KEYS = ("format", "state_dict", "masks", "config", "record", "round", "replicate", "seed")
@@ -49,6 +49,7 @@ class TrialSource:
     label: str  # the trial id or config hash asked for, or the run folder
     objective: ObjectiveConfig  # the sweep's (the default objective for a run folder)
     rounds: int | None = None  # a sweep trial's own rounds, when its config's store may hold more; None: all
+    trial_chosen: str = "asked for"  # or how a sweep's trial was chosen when none was asked for
 
 
 def is_run_dir(path: str) -> bool:
@@ -66,13 +67,13 @@ def locate(path: str, trial: str | None) -> TrialSource:
         raise UserError("PATH", f"{path} is neither a sweep folder ({SPEC_FILE}) nor a `lth-sweep run` trial folder "
                                 "(state.pt and config.yaml)")
     spec = load_spec(path)
+    chosen = "asked for"
     if trial is None:
-        raise UserError("TRIAL", f"give a trial id or config hash of the sweep at {spec.experiment_dir} "
-                                 f"(`lth-sweep status {shlex.quote(spec.experiment_dir)}` lists them)")
+        trial, chosen = best_trial(spec), f"the sweep's best by objective {spec.sweep.objective.name}"
     objective = spec.sweep.objective
     by_config = storage.join(spec.experiment_dir, "by_config")
     if storage.exists(storage.join(by_config, trial, "engine", "state.pt")):
-        return TrialSource(storage.join(by_config, trial, "engine"), trial, objective)
+        return TrialSource(storage.join(by_config, trial, "engine"), trial, objective, trial_chosen=chosen)
     from lth_sweep.sweep.status import own_rounds, trial_rows  # reads Tune's files; starts no Ray
 
     row = next((r for r in trial_rows(spec.experiment_dir) if r["trial_id"] == trial), None)
@@ -82,7 +83,23 @@ def locate(path: str, trial: str | None) -> TrialSource:
     engine = storage.join(by_config, str(row["config_hash"]), "engine")
     if row["config_hash"] is None or not storage.exists(storage.join(engine, "state.pt")):
         raise UserError("TRIAL", f"trial {trial} has not finished a round yet: no ticket to export")
-    return TrialSource(engine, trial, objective, own_rounds(spec, row))
+    return TrialSource(engine, trial, objective, own_rounds(spec, row), chosen)
+
+
+def best_trial(spec: LaunchSpec) -> str:
+    """The trial id of the sweep's best trial by its objective, over trials that finished all their rounds (as
+    `status` ranks them)."""
+    from lth_sweep.sweep.status import sweep_status  # reads Tune's files; starts no Ray
+
+    status = sweep_status(spec.experiment_dir, top=1)
+    listed = f"`lth-sweep status {shlex.quote(spec.experiment_dir)}` lists them"
+    if "best" not in status:
+        raise UserError("TRIAL", f"objective {spec.sweep.objective.name} ranks no single best trial; give a trial "
+                                 f"id or config hash of the sweep ({listed})")
+    if not status["best"]:
+        raise UserError("TRIAL", f"no trial of the sweep at {spec.experiment_dir} has finished all its rounds yet; "
+                                 f"give a trial id or config hash ({listed})")
+    return str(status["best"][0]["trial_id"])
 
 
 @contextlib.contextmanager
@@ -167,7 +184,7 @@ def build_ticket(source: TrialSource, round_index: int | None, replicate: int) -
             "record": replicate_record(records[round_index], replicate), "round": round_index,
             "replicate": replicate, "seed": seed,
             "source": {"path": source.engine_dir, "trial": source.label, "config_hash": config.config_hash(),
-                       "round_chosen": chosen}}
+                       "trial_chosen": source.trial_chosen, "round_chosen": chosen}}
 
 
 def export_ticket(path: str, trial: str | None, out: Path, round_index: int | None = None,
