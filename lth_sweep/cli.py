@@ -293,6 +293,10 @@ def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
         # errors mean the sweep was stopped, not that it failed. The spec was saved before Tune ran (looked at
         # above if interrupted).
         stop_unfinished(spec, failed, saved=True)
+    where = shlex.quote(spec.experiment_dir)
+    ticket = (f"lth-sweep ticket export {where} --out ticket.pt (the best trial's winning ticket)" if "best" in status
+              else f"lth-sweep ticket export {where} TRIAL --out ticket.pt (a trial's winning ticket)")
+    echo(f"next: lth-sweep report {where} (a page of figures); {ticket}")
     echo(f"everything is under {spec.experiment_dir}")
 
 

@@ -39,6 +39,9 @@ def test_launch_prints_progress_and_summary_in_few_lines(sweep: h.Sweep) -> None
     assert int(progress[-1].group(4)) == num_samples and "best " in progress[-1].string
     assert f"{num_samples}/{num_samples} trials" in output and "best trials:" in output  # our summary
     assert sweep.launch.stdout.rstrip().endswith(f"everything is under {sweep.dir}")  # nothing of Ray's after it
+    assert sweep.launch.stdout.splitlines()[-2] == (
+        f"next: lth-sweep report {sweep.dir} (a page of figures); lth-sweep ticket export "
+        f"{sweep.dir} --out ticket.pt (the best trial's winning ticket)"), output
     assert str(sweep.dir / DRIVER_LOG) in lines[1]
 
 
