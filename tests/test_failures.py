@@ -169,14 +169,18 @@ def test_unknown_uri_scheme(cli_here: Callable[..., Any], sweep_file: Path) -> N
 
 
 def test_a_cluster_address_nobody_answers_at_is_one_line(cli_here: Callable[..., Any], sweep_file: Path,
-                                                         tmp_path: Path) -> None:
-    """Before: `ray.init` retried the GCS connection for minutes, printing Ray's C++ log lines."""
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: `ray.init` retried the GCS connection for minutes, printing Ray's C++ log lines. An address from
+    the environment (RAY_ADDRESS, which ray.init reads) is named as such: there is no --address to fix."""
     storage = tmp_path / "storage"
     for address in ("127.0.0.1:9", "ray://127.0.0.1:9"):  # loopback port 9: refused at once
         one_line_error(cli_here("launch", sweep_file, "--storage", storage, "--address", address), 1,
-                       "--address", address, "no Ray cluster answers there")
+                       f"error: --address: {address}: no Ray cluster answers there")
     one_line_error(cli_here("launch", sweep_file, "--storage", storage, "--address", "headnode"), 2,
-                   "--address", "HOST:PORT")
+                   "error: --address: headnode", "HOST:PORT")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    one_line_error(cli_here("launch", sweep_file, "--storage", storage), 1,
+                   "error: RAY_ADDRESS: 127.0.0.1:9: no Ray cluster answers there")
     assert not storage.exists()
 
 

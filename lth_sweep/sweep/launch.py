@@ -319,19 +319,19 @@ def check_address(address: str | None) -> None:
     """A cluster address (`--address` or RAY_ADDRESS) nobody answers at is one line, exit 1, before anything is
     written: `ray.init` would retry the GCS connection for minutes, logging every try. `auto` and `local` are
     Ray's to resolve."""
+    key = "--address" if address else "RAY_ADDRESS"  # the environment's, which ray.init reads, when no flag
     address = address or os.environ.get("RAY_ADDRESS")
     if not address or address in ("auto", "local") or ("://" in address and not address.startswith("ray://")):
         return  # Ray's to resolve (an http:// dashboard address is the job CLI's, not ray.init's)
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        raise UserError("--address", f"{address}: give HOST:PORT of the cluster's head (e.g. 10.0.0.5:6379), "
-                                     "ray://HOST:PORT, or auto")
+        raise UserError(key, f"{address}: give HOST:PORT of the cluster's head (e.g. 10.0.0.5:6379), "
+                             "ray://HOST:PORT, or auto")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as err:
-        raise RunFailure("--address", f"{address}: no Ray cluster answers there ({err.strerror or err}); check that "
-                                      "its head runs (`ray status` on it) and that this machine can reach the "
-                                      "port") from None
+        raise RunFailure(key, f"{address}: no Ray cluster answers there ({err.strerror or err}); check that its head "
+                              "runs (`ray status` on it) and that this machine can reach the port") from None
 
 
 def check_restorable(experiment_dir: str) -> None:
