@@ -277,11 +277,11 @@ def stop_unfinished(spec: LaunchSpec, failed: bool = False, saved: bool | None =
 
 
 def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
-    from lth_sweep.sweep.status import sweep_status
+    from lth_sweep.sweep.status import status_of
 
     if interrupted and not spec_saved(spec):
         stopped_before_start(spec)
-    status = sweep_status(spec.experiment_dir)
+    status = status_of(spec)
     print_status(status)
     failed = any(row["state"] == "ERROR" for row in status["trials"])
     from lth_sweep.sweep.fetch import has_offline_runs, wandb_sync_command
@@ -376,7 +376,7 @@ def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) 
     from lth_sweep.sweep.lock import driver_lock
     from lth_sweep.sweep.snapshot import has_snapshot, repair
     from lth_sweep.sweep.spec import SPEC_FILE, load_spec
-    from lth_sweep.sweep.status import sweep_status
+    from lth_sweep.sweep.status import status_of
 
     spec = with_env_wandb_mode(load_spec(path))
     if shared_storage:
@@ -388,7 +388,7 @@ def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) 
         repaired = repair(spec.experiment_dir)  # a snapshot a kill cut short, put back from the kept copy
         if repaired:
             echo(f"# {repaired}")
-        status = sweep_status(spec.experiment_dir)
+        status = status_of(spec)
         if is_finished(status):
             echo(f"sweep {spec.name} at {spec.experiment_dir} is finished ({len(status['trials'])} trials); "
                  f"nothing to resume; see: lth-sweep status {shlex.quote(spec.experiment_dir)}")

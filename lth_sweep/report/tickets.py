@@ -89,9 +89,9 @@ def locate(path: str, trial: str | None) -> TrialSource:
 def best_trial(spec: LaunchSpec) -> str:
     """The trial id of the sweep's best trial by its objective, over trials that finished all their rounds (as
     `status` ranks them)."""
-    from lth_sweep.sweep.status import sweep_status  # reads Tune's files; starts no Ray
+    from lth_sweep.sweep.status import status_of  # reads Tune's files; starts no Ray
 
-    status = sweep_status(spec.experiment_dir, top=1)
+    status = status_of(spec, top=1)
     listed = f"`lth-sweep status {shlex.quote(spec.experiment_dir)}` lists them"
     if "best" not in status:
         raise UserError("TRIAL", f"objective {spec.sweep.objective.name} ranks no single best trial; give a trial "

@@ -153,7 +153,12 @@ def round_points(spec: LaunchSpec, rows: list[dict[str, Any]], warnings: list[st
 
 
 def sweep_status(path: str, top: int = 5) -> dict[str, Any]:
-    spec = load_spec(path)
+    return status_of(load_spec(path), top)
+
+
+def status_of(spec: LaunchSpec, top: int = 5) -> dict[str, Any]:
+    """What `status` shows of the sweep: every trial's row, the counts, the `top` best trials (single objective
+    only) and the Pareto front."""
     experiment_dir = spec.experiment_dir
     sweep = spec.sweep
     metrics, modes = objective_metrics(sweep.objective)
