@@ -294,7 +294,7 @@ def finish_sweep(spec: LaunchSpec, interrupted: bool) -> None:
         # above if interrupted).
         stop_unfinished(spec, failed, saved=True)
     where = shlex.quote(spec.experiment_dir)
-    ticket = (f"lth-sweep ticket export {where} --out ticket.pt (the best trial's winning ticket)" if "best" in status
+    ticket = (f"lth-sweep ticket export {where} --out ticket.pt (the best trial's winning ticket)" if status.get("best")
               else f"lth-sweep ticket export {where} TRIAL --out ticket.pt (a trial's winning ticket)")
     echo(f"next: lth-sweep report {where} (a page of figures); {ticket}")
     echo(f"everything is under {spec.experiment_dir}")
