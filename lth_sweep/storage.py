@@ -73,6 +73,10 @@ def filesystem(location: str, key: str = "storage") -> tuple[pafs.FileSystem, st
         return pafs.FileSystem.from_uri(location)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
         raise UserError(key, f"{location}: {str(err).splitlines()[0]}; allowed: {ALLOWED}") from None
+    except OSError as err:  # an s3:// URI without a region: pyarrow asks the bucket's (no network, no such host)
+        reason = (str(err).splitlines() or ["no answer"])[0][:300]
+        raise RunFailure(key, f"{location}: the storage cannot be reached ({reason}); check the bucket's name, the "
+                              "endpoint (endpoint_override), the region (region=...) and the network") from None
 
 
 PROBE_GCS_RETRY_S = 10  # GCS: how long the probe retries (pyarrow's default for a gs:// URI: 15 minutes)

@@ -16,12 +16,12 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 import sweep_helpers as h
-from conftest import CliResult
+from conftest import CliResult, main_here
 from s3_server import CREDENTIALS, S3Server
 
 from lth_sweep import storage
 from lth_sweep.engine.lottery import Trial
-from lth_sweep.errors import UserError
+from lth_sweep.errors import RunFailure, UserError
 from lth_sweep.sweep.fetch import fetch_sweep, wandb_sync_command
 from lth_sweep.sweep.launch import check_storage_reaches_every_node, prepare_launch
 from lth_sweep.sweep.schema import load_sweep
@@ -248,6 +248,29 @@ def test_storage_that_does_not_answer_is_one_line_naming_the_key(endpoint: str, 
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith(f"lth-sweep: error: {key}: s3://bucket/sweeps") and "the storage cannot be read (" \
             in line and "LTH_SWEEP_DEBUG" not in line, line
+
+
+def test_a_bucket_whose_region_cannot_be_looked_up_is_one_line_naming_the_key(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An s3:// URI with no region and no endpoint: pyarrow asks AWS for the bucket's region while it builds the
+    file system, and with no network (or a bucket name that is no host) that is an OSError, which was printed as an
+    unexpected error naming neither PATH nor --storage. AWS cannot be reached from the tests, and whether its name
+    resolves differs between machines, so `FileSystem.from_uri` is replaced by the error it raises here (seen by
+    hand: curlCode 6, could not resolve host)."""
+    class NoNetwork:
+        @staticmethod
+        def from_uri(uri: str) -> None:
+            raise OSError(f"When resolving region for bucket '{uri.split('/')[2]}': AWS Error NETWORK_CONNECTION "
+                          "during HeadBucket operation: curlCode: 6, Could not resolve hostname")
+
+    monkeypatch.setattr(pafs, "FileSystem", NoNetwork)  # pyarrow's own type cannot be patched
+    with pytest.raises(RunFailure) as err:
+        storage.filesystem("s3://no-such-bucket/sweeps/imp", "PATH")
+    assert str(err.value.path) == "PATH" and "the storage cannot be reached (When resolving region" in err.value.message
+    result = main_here(capsys, "status", "s3://no-such-bucket/sweeps/imp")
+    assert result.returncode == 1 and result.stdout == "", result
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("lth-sweep: error: PATH: s3://no-such-bucket/sweeps/imp") and "region=" in line, line
 
 
 # ------------------------------------------------------------------------------------ gs:// (no server)
