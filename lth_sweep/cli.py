@@ -215,8 +215,10 @@ def print_status(status: dict[str, Any]) -> None:
         return
     params = sorted({k for row in status["trials"] for k in row["params"]})
     single = len(status["metric"]) == 1  # a Pareto sweep's objective is (density, val_acc): no column of its own
-    columns = ["trial_id", "state", *params, "rounds_done", "density", "val_acc", *(["objective"] if single else [])]
-    shown = [{**row, "state": STOPPED if row.get("stopped_early") else row["state"]} for row in status["trials"]]
+    columns = ["trial_id", "config", "state", *params, "rounds_done", "density", "val_acc",
+               *(["objective"] if single else [])]
+    shown = [{**row, "config": row["config_hash"], "state": STOPPED if row.get("stopped_early") else row["state"]}
+             for row in status["trials"]]
     table = [[format_value(row["params"].get(c) if c in params else row.get(c)) for c in columns] for row in shown]
     widths = [max(len(c), *(len(r[i]) for r in table)) if table else len(c) for i, c in enumerate(columns)]
     echo("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))

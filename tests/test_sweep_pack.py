@@ -157,7 +157,7 @@ def test_asha_stops_members_inside_a_stacked_pack(tmp_path: Path, data_root: Pat
     assert f"({stopped} of them stopped early by ASHA)" in human[0], human
     for row in rows:
         line = next(line for line in human if line.split()[:1] == [row["trial_id"]])
-        assert line.split()[1] == ("STOPPED" if row["stopped_early"] else "TERMINATED"), human
+        assert line.split()[1:3] == [row["config_hash"], "STOPPED" if row["stopped_early"] else "TERMINATED"], human
     trained = Counter(line["config_hash"] for line in h.ledger(sweep.dir))
     assert {row["config_hash"]: row["rounds_done"] for row in rows} == dict(trained)  # nothing after the stop
     study = optuna.load_study(study_name="asha", storage=open_storage(str(sweep.dir / JOURNAL_FILE)))
