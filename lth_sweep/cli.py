@@ -552,6 +552,9 @@ def run_command(argv: list[str] | None) -> None:
         click.echo(f"lth-sweep: error: {err}", err=True)
         sys.exit(2)
     except RunFailure as err:
+        if os.environ.get(DEBUG_ENV):
+            err.__suppress_context__ = False  # the traceback shows the world's own error that the line sums up
+            raise
         click.echo(f"lth-sweep: error: {err}", err=True)
         sys.exit(1)
     except click.UsageError as err:

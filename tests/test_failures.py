@@ -23,6 +23,7 @@ import sweep_helpers as h
 import torch
 
 from lth_sweep.checkpoint import load_torch
+from lth_sweep.cli import DEBUG_ENV
 from lth_sweep.config import DatasetConfig
 from lth_sweep.engine import data
 from lth_sweep.engine.data import load_dataset
@@ -181,6 +182,10 @@ def test_a_cluster_address_nobody_answers_at_is_one_line(cli_here: Callable[...,
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
     one_line_error(cli_here("launch", sweep_file, "--storage", storage), 1,
                    "error: RAY_ADDRESS: 127.0.0.1:9: no Ray cluster answers there")
+    monkeypatch.setenv(DEBUG_ENV, "1")  # the traceback, down to the socket's own error
+    with pytest.raises(RunFailure) as failure:
+        cli_here("launch", sweep_file, "--storage", storage)
+    assert isinstance(failure.value.__context__, ConnectionRefusedError) and not failure.value.__suppress_context__
     assert not storage.exists()
 
 
