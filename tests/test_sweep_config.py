@@ -72,7 +72,12 @@ BAD = {
                                            "search.space.train.batch_size", ("loguniform", "int: [10, 100]")),
     # a fixed value of a searched key would be lost: every trial draws its own
     "set_and_searched": Case(lambda t: t.update(set={"prune.rate": 0.3}), "set.prune.rate",
-                             ("is searched too", "search.space.prune.rate=null")),
+                             ("is searched too", "search.space.prune.rate=null", "--set set.prune.rate=null")),
+    "drop_a_key_the_file_does_not_set": Case(lambda t: t.update(set={"prune.rounds": 2}), "set.train.lr",
+                                             ("only drops a key of the sweep file's set:", "prune.rounds"),
+                                             args=("--set", "set.train.lr=null")),
+    "set_a_file_set_key_to_a_value": Case(lambda t: t.update(set={"prune.rounds": 2}), "set.prune.rounds",
+                                          ("allowed: null", "--set KEY=VALUE"), args=("--set", "set.prune.rounds=3")),
     "set_flag_on_a_searched_key": Case(lambda t: None, "prune.rate", ("is searched too",),
                                        args=("--set", "prune.rate=0.3")),
     "rewind_past_end_of_training": Case(space(rewind__iteration={"int": [0, TINY_TOTAL]}),
@@ -240,6 +245,20 @@ def test_a_searched_key_can_be_dropped_and_fixed_from_the_command_line(tmp_path:
     sweep, experiment = load_sweep(path, {"search.space.prune.rate": None, "prune.rate": 0.3})
     assert "prune.rate" not in sweep.search.space and "rewind.iteration" in sweep.search.space
     assert experiment["prune"]["rate"] == 0.3
+
+
+def test_a_key_the_sweep_file_fixes_can_be_searched_from_the_command_line(tmp_path: Path, data_root: Path) -> None:
+    """The shipped quickstart fixes prune.rounds in its `set:`; `--set set.prune.rounds=null` frees it to be searched
+    (before, no --set could, and the hint said to drop the searched key instead)."""
+    tree = h.sweep_tree(data_root, rounds=3)
+    tree["set"] = {"prune.rounds": 2, "train.epochs": 2}
+    path = h.write_sweep(tmp_path / "s.yaml", tree)
+    sweep, experiment = load_sweep(path, {"search.space.prune.rounds.int": [2, 3], "set.prune.rounds": None})
+    assert sweep.set == {"train.epochs": 2} and sweep.search.space["prune.rounds"].integer == (2, 3)
+    assert experiment["prune"]["rounds"] == 3 and experiment["train"]["epochs"] == 2  # the file's experiment value
+    with pytest.raises(UserError, match="--set set.prune.rounds=null") as info:
+        load_sweep(path, {"search.space.prune.rounds.int": [2, 3]})
+    assert info.value.key == "set.prune.rounds"
 
 
 def test_pack_auto_is_resolved_at_launch_to_one_on_a_cpu(tmp_path: Path, data_root: Path) -> None:

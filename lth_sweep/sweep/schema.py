@@ -196,13 +196,15 @@ def check_fixed_not_searched(sweep: SweepConfig, overrides: dict[str, Any]) -> N
         searched = next((s for s in sweep.search.space if s == key or s.startswith(key + ".")), None)
         if searched is not None:
             what = "is searched too" if searched == key else f"holds {searched}, which is searched"
+            search_it = f", or to search it, drop the sweep file's with --set {name}=null" if name != key else ""
             raise UserError(name, f"{what} (search.space.{searched}): every trial would draw its own value over "
                                   "this one; to fix it, drop it from the space with "
-                                  f"--set search.space.{searched}=null")
+                                  f"--set search.space.{searched}=null{search_it}")
 
 
+FILE_SET = "set."  # --set set.KEY=null drops KEY from the sweep file's `set:`
 SWEEP_KEYS = ("search.", "objective.", "scheduler.", "resources.", "wandb.", "optuna.", "storage", "name",
-              "max_failures", "experiment")
+              "max_failures", "experiment", FILE_SET)
 
 
 MAX_CORNERS = 4096
@@ -278,6 +280,13 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
                                      "with KIND one of uniform, loguniform, int, choice, or drop a searched key "
                                      "with search.space.KEY=null")
             space[searched] = {kind: value}
+        elif key.startswith(FILE_SET):  # set.KEY=null: the sweep file's fixed KEY is fixed no more
+            fixed = tree.get("set") if isinstance(tree.get("set"), dict) else {}
+            if value is not None or key.removeprefix(FILE_SET) not in fixed:
+                raise UserError(key, f"only drops a key of the sweep file's set: (allowed: null, for one of "
+                                     f"{', '.join(sorted(fixed)) or 'its keys; it has none'}); fix an experiment key "
+                                     "with --set KEY=VALUE")
+            del fixed[key.removeprefix(FILE_SET)]
         elif key.startswith(SWEEP_KEYS):
             set_dotted(tree, key, value)
     if not isinstance((tree.get("search") or {}).get("space", {}), dict):
