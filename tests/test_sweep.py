@@ -404,6 +404,7 @@ def test_a_trial_that_asha_ends_at_its_last_rung_finishes_its_wandb_run(tmp_path
     sweep = h.finished(h.launch_sweep(tree, tmp_path, ray_tmp, name="asha-end", timeout=180))
     rows = h.status_json(sweep.dir, sweep.cwd, sweep.env)["trials"]
     assert [row["rounds_done"] for row in rows] == [2, 2], rows
+    assert "stopped by ASHA" not in sweep.launch.stdout  # the last rung ends no trial early
     for row in rows:
         runs = h.wandb_run_dirs(sweep.dir, row["config_hash"])
         assert runs, row
@@ -422,6 +423,8 @@ def test_the_last_trial_that_asha_stops_mid_schedule_finishes_its_wandb_run(tmp_
     sweep = h.finished(h.launch_sweep(tree, tmp_path, ray_tmp, name="asha-mid", timeout=180))
     rows = h.status_json(sweep.dir, sweep.cwd, sweep.env)["trials"]
     assert [(row["params"]["prune.rate"], row["rounds_done"]) for row in rows] == [(0.6, 3), (0.2, 2)], rows
+    stops = [line.split("] ", 1)[1] for line in sweep.launch.stdout.splitlines() if "stopped by ASHA" in line]
+    assert stops == [f"trial {rows[1]['trial_id']} stopped by ASHA after round 1 (2/3 done)"], sweep.launch.explain()
     for row in rows:
         runs = h.wandb_run_dirs(sweep.dir, row["config_hash"])
         assert runs, row

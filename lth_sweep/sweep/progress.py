@@ -85,6 +85,18 @@ class Progress(Callback):
         if result.get("notice"):
             self.say(f"trial {trial.trial_id} ({result.get('config_hash', 'pack')}): warning: {result['notice']}")
 
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """A trial that Tune's ASHA ended before its last round says so (a pack's members say it in their round's
+        line: member-ASHA stops them inside the pack)."""
+        if self.spec.sweep.scheduler.name != "asha":
+            return
+        for member in members_of(trial.trial_id, trial.config, trial.last_result or {}):
+            rounds_done, rounds = int(member.result.get("rounds_done") or 0), self.spec.rounds_of(member.params)
+            if 0 < rounds_done < rounds and not member.result.get("stopped"):
+                # no overview: Tune marks the trial TERMINATED only after this call
+                self.say(f"trial {member.member_id} stopped by ASHA after round {rounds_done - 1} "
+                         f"({rounds_done}/{rounds} done)")
+
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.say(f"trial {trial.trial_id} failed ({error_line(trial)}); restarting it from its last round")
 
