@@ -415,7 +415,7 @@ def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) 
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(path: str, as_json: bool) -> None:
-    """Show every trial of a sweep: searched values, state, rounds, density, objective; and the best."""
+    """Show every trial of a sweep: config hash, searched values, state, rounds, density, objective; and the best."""
     import json
 
     from lth_sweep.sweep.status import sweep_status
@@ -487,7 +487,7 @@ def cluster_validate(files: tuple[Path, ...]) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Local folder.")
 @click.option("--wandb", "wandb_only", is_flag=True, help="Only the offline W&B runs (by_config/*/wandb).")
 def fetch(path: str, out: Path, wandb_only: bool) -> None:
-    """Copy a sweep from its storage (s3://, gs://, a folder) to a local folder, e.g. to `wandb sync` it."""
+    """Copy a sweep from its storage (s3://, gs://, a folder) to a local folder (to `wandb sync` it, say)."""
     import shlex
 
     from lth_sweep.sweep.fetch import WANDB_RUNS_GLOB, fetch_sweep

@@ -5,6 +5,7 @@ In-process through `lth_sweep.cli.main` (same code and exit codes as the command
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,9 @@ def test_command_listing_shows_each_first_sentence_whole(capsys: pytest.CaptureF
     listing = " ".join(result.stdout.split("Commands:")[1].split())
     assert "..." not in listing, result.stdout
     for name, command in cli.commands.items():
-        first_sentence = " ".join((command.help or "").split()).split(". ")[0]
-        assert f"{name} {first_sentence}" in listing, f"{name}: {first_sentence!r} not whole in\n{result.stdout}"
+        # an "e.g." or "i.e." ends no sentence (click's listing stops at it: "... to a local folder, e.g.")
+        first_sentence = re.split(r"(?<!e\.g)(?<!i\.e)\.(?:\s|$)", " ".join((command.help or "").split()))[0]
+        assert f"{name} {first_sentence}." in listing, f"{name}: {first_sentence!r} not whole in\n{result.stdout}"
 
 
 # ------------------------------------------------------------------------------------ storage: in a sweep file
