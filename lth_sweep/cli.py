@@ -41,7 +41,7 @@ def round_row(record: dict[str, Any]) -> str:
     if "control_test_acc" in record:
         row += f"   {record['control']}: test_acc {record['control_test_acc']:.4f}"
     if "val_acc_std" in record:
-        row += f"   ±{record['val_acc_std']:.4f} over {record['replicates']} replicates"
+        row += f"   val_acc ±{record['val_acc_std']:.4f} (std over {record['replicates']} replicates)"
     return row
 
 
@@ -129,8 +129,10 @@ def run(experiment: Path | None, overrides: tuple[str, ...], out: Path | None, t
         click.echo(round_row(record))
     if done and len(done) < config.prune.rounds:
         click.echo(f"# resuming after round {done[-1]['round']}")
+    trained = len(done) < config.prune.rounds
     trial.run()
-    click.echo(f"# rounds written to {out / 'rounds.jsonl'}")
+    click.echo(f"# rounds written to {out / 'rounds.jsonl'}" if trained else
+               f"# nothing to train: its rounds were in {out / 'rounds.jsonl'} already")
 
 
 def run_ticket(path: Path, out: Path | None) -> None:

@@ -61,6 +61,7 @@ def test_more_rounds_continue_a_finished_trial(run_cli: CliRunner, write_config:
     rows = [line for line in shorter.stdout.splitlines() if line.split()[:1] in (["0"], ["1"], ["2"], ["3"])]
     assert [row.split()[0] for row in rows] == ["0", "1", "2"], "a shorter run reports its first rounds"
     assert read_rounds(out) == four_rounds, "and leaves the trial as it is"
+    assert shorter.stdout.splitlines()[-1] == f"# nothing to train: its rounds were in {out / 'rounds.jsonl'} already"
 
 
 def test_a_shorter_config_sees_the_first_rounds(make_config: Callable[..., ExperimentConfig],
