@@ -33,6 +33,7 @@ class Interrupted(NamedTuple):
     cwd: Path
     env: dict[str, str]
     ledger_at_kill: list[dict[str, Any]]
+    engine_rounds_at_kill: dict[str, int]  # config hash -> rounds in its engine's rounds.jsonl
     status_at_kill: h.Result
     report_at_kill: h.Result  # `lth-sweep report` of the killed sweep, into <cwd>/report_at_kill
     resume: h.Result
@@ -63,6 +64,8 @@ def interrupted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         proc.wait(timeout=30)
         ledger_at_kill = h.ledger(sweep_dir)
     h.kill_marked()  # any process of this test session that still runs
+    engine_rounds_at_kill = {folder.name: len(h.engine_rounds(sweep_dir, folder.name))
+                             for folder in (sweep_dir / "by_config").iterdir()}
     for config_hash in h.part_way(ledger_at_kill, ROUNDS):
         h.leave_pack_checkpoint(sweep_dir / "by_config" / config_hash, config_hash)
     status_at_kill = h.run_cli("status", sweep_dir, "--json", cwd=base, env=env, timeout=120)
@@ -72,7 +75,8 @@ def interrupted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         snapshot.write_bytes(snapshot.read_bytes()[:CUT_AT])
     resume = h.run_cli("resume", sweep_dir, cwd=base, env=env, timeout=300)
     (base / "resume.log").write_text(resume.explain())
-    return Interrupted(request.param, sweep_dir, base, env, ledger_at_kill, status_at_kill, report_at_kill, resume)
+    return Interrupted(request.param, sweep_dir, base, env, ledger_at_kill, engine_rounds_at_kill, status_at_kill,
+                       report_at_kill, resume)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +103,9 @@ def test_status_of_the_killed_sweep_says_it_is_unfinished(interrupted: Interrupt
     trials = json.loads(result.stdout)["trials"]
     assert len(trials) <= NUM_SAMPLES
     assert len(trials) < NUM_SAMPLES or any(t["state"] != "TERMINATED" for t in trials), trials
+    # Tune's snapshot lags the trials by seconds: an unfinished trial shows the rounds its engine saved
+    unfinished = {t["config_hash"]: t["rounds_done"] for t in trials if t["state"] != "TERMINATED" and t["config_hash"]}
+    assert unfinished == {c: interrupted.engine_rounds_at_kill[c] for c in unfinished}, (unfinished, trials)
 
 
 def test_a_report_of_the_killed_sweep_shows_it_unfinished(interrupted: Interrupted) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from lth_sweep import storage
 from lth_sweep.errors import UserError
-from lth_sweep.sweep.objectives import pareto_front
+from lth_sweep.sweep.objectives import objective_value, pareto_front
 from lth_sweep.sweep.packing import members_of
 from lth_sweep.sweep.schema import objective_metrics
 from lth_sweep.sweep.spec import LaunchSpec, load_spec
@@ -145,11 +145,10 @@ def trial_records(spec: LaunchSpec, row: dict[str, Any], warnings: list[str]) ->
     return round_records(spec.experiment_dir, row["config_hash"], warnings, own_rounds(spec, row))
 
 
-def round_points(spec: LaunchSpec, rows: list[dict[str, Any]], warnings: list[str]) -> list[dict[str, Any]]:
-    """Every finished round of every trial (from the by-config engine state), for the Pareto front."""
+def round_points(row: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trial's finished rounds (from its config's engine state) as points for the Pareto front."""
     return [{"trial_id": row["trial_id"], "round": record["round"], "density": record["density"],
-             "val_acc": record["val_acc"], "test_acc": record.get("test_acc")}
-            for row in rows for record in trial_records(spec, row, warnings)]
+             "val_acc": record["val_acc"], "test_acc": record.get("test_acc")} for record in records]
 
 
 def sweep_status(path: str, top: int = 5) -> dict[str, Any]:
@@ -164,7 +163,9 @@ def status_of(spec: LaunchSpec, top: int = 5) -> dict[str, Any]:
     metrics, modes = objective_metrics(sweep.objective)
     warnings: list[str] = []
     rows = trial_rows(experiment_dir, warnings)
+    records_of = {row["trial_id"]: trial_records(spec, row, warnings) for row in rows}
     for row in rows:
+        catch_up(spec, row, records_of[row["trial_id"]])
         # ended before its last round: only a scheduler (ASHA) ends a trial so
         row["stopped_early"] = row["state"] == "TERMINATED" and row["rounds_done"] < spec.rounds_of(row["params"])
         if row["state"] == "PENDING" and row["rounds_done"] > 0:
@@ -181,5 +182,18 @@ def status_of(spec: LaunchSpec, top: int = 5) -> dict[str, Any]:
                   and isinstance(r["objective"], int | float) and not math.isnan(r["objective"])]
         scored.sort(key=lambda r: r["objective"], reverse=modes[0] == "max")
         status["best"] = scored[:top]
-    status["pareto"] = pareto_front(round_points(spec, rows, warnings))
+    status["pareto"] = pareto_front([point for row in rows for point in round_points(row, records_of[row["trial_id"]])])
     return status
+
+
+def catch_up(spec: LaunchSpec, row: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """A trial that has not finished shows the rounds its engine has saved, where Tune's snapshot (seconds behind
+    the trials) has fewer: after a kill or Ctrl+C, or while it runs. Its objective is recomputed from them."""
+    if row["state"] == "TERMINATED" or len(records) <= row["rounds_done"]:
+        return
+    last = records[-1]
+    row.update(rounds_done=len(records), density=last["density"], val_acc=last["val_acc"],
+               test_acc=last.get("test_acc"))
+    if len(objective_metrics(spec.sweep.objective)[0]) == 1:
+        final = len(records) == spec.rounds_of(row["params"])
+        row["objective"] = objective_value(records, spec.sweep.objective, final)
