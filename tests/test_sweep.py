@@ -166,7 +166,8 @@ def test_human_status_has_a_row_per_trial(sweep: h.Sweep, trials: list[dict[str,
     lines = result.stdout.splitlines()
     assert f"{NUM_SAMPLES}/{NUM_SAMPLES} trials" in lines[0]
     for row in trials:
-        matching = [line for line in lines if line.split()[:2] == [row["trial_id"], "TERMINATED"]]
+        matching = [line for line in lines
+                    if line.split()[:3] == [row["trial_id"], row["config_hash"], "TERMINATED"]]
         assert len(matching) == 1, result.stdout
         assert str(ROUNDS) in matching[0].split()
     assert any(line.startswith("best trials:") for line in lines)
