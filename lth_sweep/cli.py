@@ -344,7 +344,7 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
            address: str | None, shared_storage: bool, verbose: bool) -> None:
     """Run a sweep: Ray Tune trials, each a full IMP schedule, searched by Optuna, logged to W&B."""
     from lth_sweep.config import parse_overrides
-    from lth_sweep.sweep.launch import check_cluster_storage, prepare_launch
+    from lth_sweep.sweep.launch import check_cluster_storage, end_dead_drivers_ray, prepare_launch
     from lth_sweep.sweep.lock import driver_lock
     from lth_sweep.sweep.schema import load_sweep
 
@@ -353,7 +353,8 @@ def launch(sweep_file: Path, overrides: tuple[str, ...], name: str | None, stora
         sweep.storage_shared = True
     spec = prepare_launch(sweep, experiment, storage, name, address)
     check_cluster_storage(spec, address)
-    with driver_lock(spec.experiment_dir):
+    with driver_lock(spec.experiment_dir) as dead_driver:  # one killed before it saved the sweep, if any
+        end_dead_drivers_ray(dead_driver)
         pack = spec.sweep.search.pack
         packs = f" in packs of {pack} per Ray trial" if isinstance(pack, int) and pack > 1 else ""
         echo(f"# sweep {sweep.name}: {sweep.search.num_samples} trials{packs}, objective {sweep.objective.name}, "
@@ -375,6 +376,7 @@ def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) 
         check_ray_temp_dir,
         check_resources,
         check_restorable,
+        end_dead_drivers_ray,
         with_env_wandb_mode,
     )
     from lth_sweep.sweep.lock import driver_lock
@@ -410,6 +412,9 @@ def resume(path: str, address: str | None, shared_storage: bool, verbose: bool) 
         if dead_driver:
             echo(f"# taking the sweep over from pid {dead_driver.get('pid')} on host {dead_driver.get('host')}, "
                  "which stopped without releasing it")
+            ended = end_dead_drivers_ray(dead_driver)
+            if ended:
+                echo(f"# ended {ended} process{'es' if ended > 1 else ''} of its Ray instance that outlived it")
         run_and_finish(spec, address, start, verbose=verbose)
 
 

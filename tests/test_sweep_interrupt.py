@@ -4,6 +4,7 @@ starts. Real Ray, Optuna, W&B offline."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from collections.abc import Callable
@@ -142,3 +143,39 @@ def test_resume_of_a_launch_killed_before_it_saved_its_spec_says_to_launch_it_ag
     launched = h.run_cli("launch", tmp_path / "imp.yaml", "--storage", tmp_path / "storage", cwd=tmp_path, env=env)
     assert launched.returncode == 0, launched.explain()
     assert [t["state"] for t in h.status_json(sweep_dir, tmp_path, env)["trials"]] == ["TERMINATED"]
+
+
+def ray_agents_in_group(pgid: int) -> list[int]:
+    """Live `ray::` processes (Ray's agents rename themselves so) in process group `pgid`."""
+    found = []
+    for pid in h.our_processes(pgid):
+        try:
+            name = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if name.startswith(b"ray::"):
+            found.append(pid)
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_resume_after_a_sigkill_ends_the_ray_agents_the_dead_driver_left(tmp_path: Path, data_root: Path,
+                                                                        ray_tmp: Path) -> None:
+    """A SIGKILLed driver's Ray dies with it but for its dashboard and runtime-env agents, which stay 60-90 s in
+    the driver's process group (blocked reporting the raylet's death to the dead GCS). The resume that takes the
+    sweep over ends them and says so (found by an outside probe: they outlived the resume)."""
+    sweep_dir = tmp_path / "storage" / "imp"
+    env = h.cli_env(ray_tmp)
+    sweep_file = h.write_sweep(tmp_path / "imp.yaml", h.sweep_tree(data_root, epochs=2, rounds=2, num_samples=2))
+    with h.started("launch", sweep_file, "--storage", tmp_path / "storage", cwd=tmp_path, env=env,
+                   log_path=tmp_path / "launch.log") as proc:
+        h.poll(lambda: h.ledger(sweep_dir) or proc.poll() is not None, timeout=120, what="a first round")
+        assert proc.poll() is None, (tmp_path / "launch.log").read_text()
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone, as the OOM killer would
+        proc.wait(timeout=30)
+        left = h.poll(lambda: ray_agents_in_group(proc.pid), timeout=10, what="the agents the kill left")
+        assert len(left) == 2, left
+        resumed = h.run_cli("resume", sweep_dir, cwd=tmp_path, env=env, timeout=240)
+        assert resumed.returncode == 0, resumed.explain()
+        assert "# ended 2 processes of its Ray instance that outlived it" in resumed.stdout, resumed.explain()
+        assert ray_agents_in_group(proc.pid) == [], "an agent of the killed driver outlived the resume"

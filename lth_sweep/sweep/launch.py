@@ -599,6 +599,7 @@ class ProcessInfo(NamedTuple):
     started: str  # start time, in clock ticks after boot: with the pid, it names the process
     cmdline: str
     cpu_ticks: int  # user + system CPU time so far, in clock ticks (os.sysconf("SC_CLK_TCK") a second)
+    group: int  # process group id
 
 
 def process_table() -> dict[int, ProcessInfo]:
@@ -615,8 +616,30 @@ def process_table() -> dict[int, ProcessInfo]:
         fields = stat[stat.rindex(")") + 2:].split()
         if fields[0] in ("Z", "X"):
             continue
-        table[int(entry)] = ProcessInfo(int(fields[1]), fields[19], cmdline, int(fields[11]) + int(fields[12]))
+        table[int(entry)] = ProcessInfo(int(fields[1]), fields[19], cmdline, int(fields[11]) + int(fields[12]),
+                                        int(fields[2]))
     return table
+
+
+def end_dead_drivers_ray(dead_driver: dict[str, Any] | None) -> int:
+    """SIGKILLs what is left of the Ray instance of a driver that was SIGKILLed on this machine: Ray's dashboard
+    and runtime-env agents outlive it by 60-90 s, blocked reporting the raylet's death to the GCS that died with
+    it (Ray's `publish_error_to_driver`, 60 s timeout). They are the `ray::` processes still in the dead driver's
+    process group: Linux gives no new process the id of a group that has members, and a driver whose own pid is
+    alive again (another process now) is left alone. Returns how many were ended."""
+    if not dead_driver or dead_driver.get("host") != socket.gethostname() or not Path("/proc").is_dir():
+        return 0
+    group = dead_driver.get("pid")
+    table = process_table()
+    if not isinstance(group, int) or group in table:  # the pid is someone's again: its group may be theirs
+        return 0
+    left = [pid for pid, info in table.items() if info.group == group and info.cmdline.startswith("ray::")]
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)  # they hold nothing of ours; a SIGTERM waits for their 60 s call
+        except (ProcessLookupError, PermissionError):
+            pass
+    return len(left)
 
 
 def end_processes(processes: list[tuple[int, str]], grace_s: float = 5.0) -> None:
