@@ -10,7 +10,7 @@ from typing import Any
 from lth_sweep.sweep.objectives import no_winning_round, winning_round
 from lth_sweep.sweep.schema import Distribution
 from lth_sweep.sweep.spec import LaunchSpec, load_spec
-from lth_sweep.sweep.status import sweep_status, trial_records
+from lth_sweep.sweep.status import status_and_rounds
 
 
 @dataclass(frozen=True)
@@ -160,10 +160,10 @@ def is_number(value: Any) -> bool:
 def load_sweep_data(path: str) -> SweepData:
     """The sweep at `path` (a folder or URI), as `lth-sweep status` sees it, with every trial's rounds."""
     spec = load_spec(path)
-    status = sweep_status(path)
+    status, records_of = status_and_rounds(spec)
     trials = []
     for row in status["trials"]:
-        records = trial_records(spec, row, [])  # status warned already
+        records = records_of[row["trial_id"]]
         trials.append(TrialRow(trial_id=row["trial_id"], state=row["state"], params=row["params"],
                                stopped_early=row["stopped_early"],
                                config_hash=row["config_hash"], objective=row["objective"],

@@ -67,27 +67,32 @@ def locate(path: str, trial: str | None) -> TrialSource:
         raise UserError("PATH", f"{path} is neither a sweep folder ({SPEC_FILE}) nor a `lth-sweep run` trial folder "
                                 "(state.pt and config.yaml)")
     spec = load_spec(path)
-    chosen = "asked for"
     if trial is None:
-        trial, chosen = best_trial(spec), f"the sweep's best by objective {spec.sweep.objective.name}"
-    objective = spec.sweep.objective
-    by_config = storage.join(spec.experiment_dir, "by_config")
-    if storage.exists(storage.join(by_config, trial, "engine", "state.pt")):
-        return TrialSource(storage.join(by_config, trial, "engine"), trial, objective, trial_chosen=chosen)
-    from lth_sweep.sweep.status import own_rounds, trial_rows  # reads Tune's files; starts no Ray
+        return source_of(spec, best_row(spec), f"the sweep's best by objective {spec.sweep.objective.name}")
+    engine = storage.join(spec.experiment_dir, "by_config", trial, "engine")
+    if storage.exists(storage.join(engine, "state.pt")):
+        return TrialSource(engine, trial, spec.sweep.objective)
+    from lth_sweep.sweep.status import trial_rows  # reads Tune's files; starts no Ray
 
     row = next((r for r in trial_rows(spec.experiment_dir) if r["trial_id"] == trial), None)
     if row is None:
         raise UserError("TRIAL", f"no trial id or config hash '{trial}' in the sweep at {spec.experiment_dir} "
                                  f"(`lth-sweep status {shlex.quote(spec.experiment_dir)}` lists them)")
-    engine = storage.join(by_config, str(row["config_hash"]), "engine")
+    return source_of(spec, row)
+
+
+def source_of(spec: LaunchSpec, row: dict[str, Any], chosen: str = "asked for") -> TrialSource:
+    """The engine folder of the trial (or pack member) of a `trial_rows` row, and its own rounds."""
+    from lth_sweep.sweep.status import own_rounds
+
+    engine = storage.join(spec.experiment_dir, "by_config", str(row["config_hash"]), "engine")
     if row["config_hash"] is None or not storage.exists(storage.join(engine, "state.pt")):
-        raise UserError("TRIAL", f"trial {trial} has not finished a round yet: no ticket to export")
-    return TrialSource(engine, trial, objective, own_rounds(spec, row), chosen)
+        raise UserError("TRIAL", f"trial {row['trial_id']} has not finished a round yet: no ticket to export")
+    return TrialSource(engine, row["trial_id"], spec.sweep.objective, own_rounds(spec, row), chosen)
 
 
-def best_trial(spec: LaunchSpec) -> str:
-    """The trial id of the sweep's best trial by its objective, over trials that finished all their rounds (as
+def best_row(spec: LaunchSpec) -> dict[str, Any]:
+    """The status row of the sweep's best trial by its objective, over trials that finished all their rounds (as
     `status` ranks them)."""
     from lth_sweep.sweep.status import status_of  # reads Tune's files; starts no Ray
 
@@ -99,7 +104,7 @@ def best_trial(spec: LaunchSpec) -> str:
     if not status["best"]:
         raise UserError("TRIAL", f"no trial of the sweep at {spec.experiment_dir} has finished all its rounds yet; "
                                  f"give a trial id or config hash ({listed})")
-    return str(status["best"][0]["trial_id"])
+    return status["best"][0]
 
 
 @contextlib.contextmanager

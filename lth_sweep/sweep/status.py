@@ -158,6 +158,11 @@ def sweep_status(path: str, top: int = 5) -> dict[str, Any]:
 def status_of(spec: LaunchSpec, top: int = 5) -> dict[str, Any]:
     """What `status` shows of the sweep: every trial's row, the counts, the `top` best trials (single objective
     only) and the Pareto front."""
+    return status_and_rounds(spec, top)[0]
+
+
+def status_and_rounds(spec: LaunchSpec, top: int = 5) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """`status_of`, and each trial's own finished rounds by trial id (what its row and the front were made of)."""
     experiment_dir = spec.experiment_dir
     sweep = spec.sweep
     metrics, modes = objective_metrics(sweep.objective)
@@ -183,7 +188,7 @@ def status_of(spec: LaunchSpec, top: int = 5) -> dict[str, Any]:
         scored.sort(key=lambda r: r["objective"], reverse=modes[0] == "max")
         status["best"] = scored[:top]
     status["pareto"] = pareto_front([point for row in rows for point in round_points(row, records_of[row["trial_id"]])])
-    return status
+    return status, records_of
 
 
 def catch_up(spec: LaunchSpec, row: dict[str, Any], records: list[dict[str, Any]]) -> None:
